@@ -1,0 +1,1 @@
+"""The CA core: authorities, profiles, issuance, revocation, the store and the audit log."""

@@ -1,0 +1,92 @@
+"""JPKI rules: the era-coded birth date, the 5th-birthday validity, the minimum age, and the
+otherName encoding of the basic 4 items (基本4情報). Sources: domain.md.
+"""
+
+from __future__ import annotations
+
+import calendar
+from datetime import date, datetime
+
+from cryptography import x509
+
+from ca.profiles import OtherNameItem
+from ca.timeutil import JST, end_of_day_jst
+
+# (first day of the era, era code) — newest first. 1 Meiji, 2 Taisho, 3 Showa, 4 Heisei, 5 Reiwa.
+ERAS = (
+    (date(2019, 5, 1), 5),
+    (date(1989, 1, 8), 4),
+    (date(1926, 12, 25), 3),
+    (date(1912, 7, 30), 2),
+    (date(1868, 10, 23), 1),
+)
+
+
+def era_code(day: date) -> int:
+    for start, code in ERAS:
+        if day >= start:
+            return code
+    return 0  # unknown / before Meiji
+
+
+def encode_birth_date(day: date) -> str:
+    """``EYYYYMMDD``: era code, then the Gregorian date."""
+    return f"{era_code(day)}{day:%Y%m%d}"
+
+
+def birthday_in(year: int, birth: date) -> date:
+    """The birthday in ``year``; 29 February falls on 28 February in common years."""
+    if birth.month == 2 and birth.day == 29 and not calendar.isleap(year):
+        return date(year, 2, 28)
+    return date(year, birth.month, birth.day)
+
+
+def age_on(day: date, birth: date) -> int:
+    """Completed years on ``day`` (the age rises on the birthday itself)."""
+    years = day.year - birth.year
+    if day < birthday_in(day.year, birth):
+        years -= 1
+    return years
+
+
+def fifth_birthday_after(issued: date, birth: date) -> date:
+    """The 5th birthday strictly after the day of issuance (発行日後5回目の誕生日)."""
+    first = birthday_in(issued.year, birth)
+    if first <= issued:
+        first = birthday_in(issued.year + 1, birth)
+    return birthday_in(first.year + 4, birth)
+
+
+def jpki_not_after(issued_at: datetime, birth: date, card_expiry: date) -> datetime:
+    """Valid until 23:59:59 JST of the 5th birthday after issuance, or of the card's expiry if earlier."""
+    issued_day = issued_at.astimezone(JST).date()
+    return end_of_day_jst(min(fifth_birthday_after(issued_day, birth), card_expiry))
+
+
+def utf8_string_der(text: str) -> bytes:
+    """DER of a UTF8String; cryptography wraps an otherName value in ``[0] EXPLICIT`` itself."""
+    body = text.encode("utf-8")
+    length = len(body)
+    if length < 0x80:
+        header = bytes([0x0C, length])
+    else:
+        octets = length.to_bytes((length.bit_length() + 7) // 8, "big")
+        header = bytes([0x0C, 0x80 | len(octets)]) + octets
+    return header + body
+
+
+def basic4_other_names(items: tuple[OtherNameItem, ...], values: dict[str, str]) -> list[x509.GeneralName]:
+    """The otherName entries of a signature certificate, in the profile's order.
+
+    A required item that is missing is a programming error here: applicant validation refuses it
+    first. Optional items appear exactly when the applicant data carries them.
+    """
+    names: list[x509.GeneralName] = []
+    for item in items:
+        value = values.get(item.field)
+        if value is None or value == "":
+            if item.required:
+                raise ValueError(f"required item {item.field} missing")
+            continue
+        names.append(x509.OtherName(item.oid, utf8_string_der(value)))
+    return names

@@ -1,0 +1,152 @@
+"""The CA's tables. Alembic migrations in ``ca/migrations`` create and change them; never
+``create_all`` in production code.
+
+Serial numbers are stored as lower-case hex without leading zeros (a 128-bit integer fits no SQL
+integer type on both SQLite and PostgreSQL); uniqueness per issuer is a database constraint.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+BigID = BigInteger().with_variant(Integer, "sqlite")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC in, timezone-aware UTC out, on SQLite (naive storage) and PostgreSQL."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Authority(Base):
+    __tablename__ = "authorities"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    title: Mapped[str] = mapped_column(String(256))
+    subject_der: Mapped[bytes] = mapped_column(LargeBinary)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("authorities.id"))
+    restricted: Mapped[bool] = mapped_column(Boolean, default=False)
+    partitioning: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16), default="active")  # active | terminated
+    sequence: Mapped[int] = mapped_column(BigInteger, default=0)  # JPKI subject CN sequence
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class KeyGeneration(Base):
+    """One key of an authority with its CA certificate; several generations share one DN."""
+
+    __tablename__ = "key_generations"
+    __table_args__ = (UniqueConstraint("authority_id", "generation"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    authority_id: Mapped[int] = mapped_column(ForeignKey("authorities.id"))
+    generation: Mapped[int] = mapped_column(Integer)
+    key_label: Mapped[str] = mapped_column(String(64), unique=True)
+    key_spec: Mapped[str] = mapped_column(String(16))
+    key_identifier: Mapped[bytes] = mapped_column(LargeBinary)  # SKI, SHA-1 of the public key
+    certificate_der: Mapped[bytes] = mapped_column(LargeBinary)
+    serial: Mapped[str] = mapped_column(String(40))
+    not_before: Mapped[datetime] = mapped_column(UTCDateTime)
+    not_after: Mapped[datetime] = mapped_column(UTCDateTime)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Certificate(Base):
+    __tablename__ = "certificates"
+    __table_args__ = (
+        UniqueConstraint("authority_id", "serial", name="uq_certificates_issuer_serial"),
+        Index("ix_certificates_partition_status", "authority_id", "partition", "status"),
+        Index("ix_certificates_resident", "resident_key"),
+    )
+
+    id: Mapped[int] = mapped_column(BigID, primary_key=True, autoincrement=True)
+    authority_id: Mapped[int] = mapped_column(ForeignKey("authorities.id"))
+    key_generation_id: Mapped[int] = mapped_column(ForeignKey("key_generations.id"))
+    serial: Mapped[str] = mapped_column(String(40))
+    profile: Mapped[str] = mapped_column(String(64))
+    profile_version: Mapped[int] = mapped_column(Integer)
+    # signing -> issued -> revoked | on_hold ; signing -> failed (the token never signed it)
+    status: Mapped[str] = mapped_column(String(16))
+    subject: Mapped[str] = mapped_column(Text)
+    partition: Mapped[str] = mapped_column(String(32))
+    not_before: Mapped[datetime] = mapped_column(UTCDateTime)
+    not_after: Mapped[datetime] = mapped_column(UTCDateTime)
+    der: Mapped[bytes | None] = mapped_column(LargeBinary)
+    fingerprint: Mapped[str | None] = mapped_column(String(64))  # SHA-256 of the DER, hex
+    resident_key: Mapped[str | None] = mapped_column(String(64))  # keyed hash, never the identifier
+    application_id: Mapped[int | None] = mapped_column(BigID)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revocation_reason: Mapped[str | None] = mapped_column(String(32))
+    invalidity_date: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Revocation(Base):
+    """Every change of revocation state, in order: the history delta CRLs and audits read."""
+
+    __tablename__ = "revocations"
+    __table_args__ = (Index("ix_revocations_authority_recorded", "authority_id", "recorded_at"),)
+
+    id: Mapped[int] = mapped_column(BigID, primary_key=True, autoincrement=True)
+    certificate_id: Mapped[int] = mapped_column(ForeignKey("certificates.id"))
+    authority_id: Mapped[int] = mapped_column(ForeignKey("authorities.id"))
+    action: Mapped[str] = mapped_column(String(16))  # revoke | hold | release
+    reason: Mapped[str | None] = mapped_column(String(32))
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    invalidity_date: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    actor: Mapped[str] = mapped_column(String(128))
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class AuditEvent(Base):
+    """Who did what, when. ``detail`` is JSON without personal data in plain text."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_at", "at"),)
+
+    id: Mapped[int] = mapped_column(BigID, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(64))
+    authority: Mapped[str | None] = mapped_column(String(64))
+    serial: Mapped[str | None] = mapped_column(String(40))
+    detail: Mapped[str] = mapped_column(Text, default="{}")

@@ -1,0 +1,5 @@
+"""Settings loading and the shipped TOML data (default hierarchy, certificate profiles)."""
+
+from config.settings import ConfigError, PinSource, ServiceSettings, Settings, load_settings
+
+__all__ = ["ConfigError", "PinSource", "ServiceSettings", "Settings", "load_settings"]

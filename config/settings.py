@@ -1,0 +1,268 @@
+"""Kakuin's settings: one TOML file, overridden by ``KAKUIN_*`` environment variables.
+
+Why a hand-written loader and not a settings framework: the operator needs one line that names
+the key, the file and what is wrong, and every value here is checked before anything touches the
+token or the database.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SOFTHSM2_CANDIDATES = (
+    "/usr/lib/softhsm/libsofthsm2.so",
+    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/local/lib/softhsm/libsofthsm2.so",
+)
+
+DEFAULT_PIN_ENV = "KAKUIN_TOKEN_PIN"
+
+
+class ConfigError(Exception):
+    """A setting is wrong; the message names the key, the file and the problem."""
+
+    def __init__(self, key: str, source: str, problem: str) -> None:
+        self.key = key
+        self.source = source
+        self.problem = problem
+        super().__init__(f"configuration error: {key} in {source}: {problem}")
+
+
+@dataclass(frozen=True)
+class PinSource:
+    """Where the token PIN comes from: an environment variable, else a file (mode 0600)."""
+
+    env: str
+    file: Path
+
+    def read(self, environ: Mapping[str, str] | None = None) -> str:
+        env = os.environ if environ is None else environ
+        value = env.get(self.env)
+        if value:
+            return value
+        try:
+            value = self.file.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            raise ConfigError(
+                "token.pin_file", str(self.file), f"no PIN: set {self.env} or create this file"
+            ) from None
+        if not value:
+            raise ConfigError("token.pin_file", str(self.file), "the PIN file is empty")
+        return value
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """Where a service listens; always a loopback address unless the operator says otherwise."""
+
+    host: str
+    port: int
+    workers: int
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    database_url: str
+    pkcs11_module: str
+    token_label: str
+    pin: PinSource
+    so_pin: PinSource
+    softhsm_conf: Path | None
+    hierarchy_file: Path
+    profiles_file: Path
+    crl_base_url: str
+    ocsp_base_url: str
+    ca_issuers_base_url: str
+    source: str
+    services: dict[str, ServiceSettings] = field(default_factory=dict)
+    raw: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def _package_file(name: str) -> Path:
+    return Path(__file__).resolve().parent / name
+
+
+def _get(table: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = table
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _string(raw: Mapping[str, Any], env: Mapping[str, str], key: str, env_name: str, default: str,
+            source: str) -> tuple[str, str]:
+    """Return (value, where it came from) so errors name the right place."""
+    if env.get(env_name):
+        return env[env_name], f"environment variable {env_name}"
+    value = _get(raw, key)
+    if value is None:
+        return default, source
+    if not isinstance(value, str) or not value:
+        raise ConfigError(key, source, f"expected a non-empty string, got {value!r}")
+    return value, source
+
+
+def _default_pkcs11_module() -> str:
+    for candidate in SOFTHSM2_CANDIDATES:
+        if Path(candidate).exists():
+            return candidate
+    return SOFTHSM2_CANDIDATES[0]
+
+
+def load_settings(path: str | os.PathLike[str] | None = None,
+                  environ: Mapping[str, str] | None = None) -> Settings:
+    """Load settings from ``path`` (or ``KAKUIN_CONFIG``, or ``$KAKUIN_HOME/kakuin.toml`` if present).
+
+    Every value is validated here so that a bad setting stops start-up before any side effect.
+    """
+    env = os.environ if environ is None else environ
+    home = Path(env.get("KAKUIN_HOME") or "var").resolve()
+    config_path: Path | None = None
+    if path is not None:
+        config_path = Path(path)
+    elif env.get("KAKUIN_CONFIG"):
+        config_path = Path(env["KAKUIN_CONFIG"])
+    elif (home / "kakuin.toml").exists():
+        config_path = home / "kakuin.toml"
+
+    raw: dict[str, Any] = {}
+    source = "built-in defaults"
+    if config_path is not None:
+        source = str(config_path)
+        try:
+            raw = tomllib.loads(config_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError("(file)", source, "the configuration file does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("(syntax)", source, str(exc)) from None
+        if isinstance(raw.get("home"), str) and not env.get("KAKUIN_HOME"):
+            home = Path(raw["home"]).resolve()
+    _check_known_keys(raw, source)
+
+    database_url, db_src = _string(raw, env, "database.url", "KAKUIN_DATABASE_URL",
+                                   f"sqlite:///{home / 'kakuin.db'}", source)
+    if not database_url.startswith(("sqlite:", "postgresql:", "postgresql+psycopg:")):
+        raise ConfigError("database.url", db_src,
+                          f"unsupported database URL {database_url.split(':')[0]!r} "
+                          "(use sqlite:///PATH or postgresql+psycopg://...)")
+    if database_url.startswith("postgresql:"):
+        database_url = "postgresql+psycopg:" + database_url[len("postgresql:"):]
+
+    module, _ = _string(raw, env, "token.module", "KAKUIN_PKCS11_MODULE", _default_pkcs11_module(),
+                              source)
+    label, _ = _string(raw, env, "token.label", "KAKUIN_TOKEN_LABEL", "kakuin", source)
+    if len(label.encode()) > 32:
+        raise ConfigError("token.label", source, "a PKCS#11 token label has at most 32 bytes")
+    pin_env, _ = _string(raw, env, "token.pin_env", "KAKUIN_TOKEN_PIN_ENV", DEFAULT_PIN_ENV, source)
+    pin_file, _ = _string(raw, env, "token.pin_file", "KAKUIN_TOKEN_PIN_FILE", str(home / "token.pin"),
+                          source)
+    so_pin_file, _ = _string(raw, env, "token.so_pin_file", "KAKUIN_TOKEN_SO_PIN_FILE",
+                             str(home / "token.so.pin"), source)
+    softhsm_conf_value = env.get("SOFTHSM2_CONF") or _get(raw, "token.softhsm_conf")
+    softhsm_conf = Path(softhsm_conf_value) if softhsm_conf_value else None
+
+    hierarchy, h_src = _string(raw, env, "ca.hierarchy", "KAKUIN_HIERARCHY",
+                               str(_package_file("hierarchy.toml")), source)
+    profiles, p_src = _string(raw, env, "ca.profiles", "KAKUIN_PROFILES",
+                              str(_package_file("profiles.toml")), source)
+    for key, value, src in (("ca.hierarchy", hierarchy, h_src), ("ca.profiles", profiles, p_src)):
+        if not Path(value).is_file():
+            raise ConfigError(key, src, f"file {value} does not exist")
+
+    crl_base, crl_src = _string(raw, env, "urls.crl", "KAKUIN_CRL_URL", "http://127.0.0.1:8082/crl", source)
+    ocsp_base, ocsp_src = _string(raw, env, "urls.ocsp", "KAKUIN_OCSP_URL", "http://127.0.0.1:8081/ocsp",
+                                  source)
+    issuers_base, iss_src = _string(raw, env, "urls.ca_issuers", "KAKUIN_CA_ISSUERS_URL",
+                                    "http://127.0.0.1:8082/ca", source)
+    for key, value, src in (("urls.crl", crl_base, crl_src), ("urls.ocsp", ocsp_base, ocsp_src),
+                            ("urls.ca_issuers", issuers_base, iss_src)):
+        if not value.startswith(("http://", "https://")):
+            raise ConfigError(key, src, f"expected an http:// or https:// URL, got {value!r}")
+
+    services = _services(raw, env, source)
+    return Settings(
+        home=home,
+        database_url=database_url,
+        pkcs11_module=module,
+        token_label=label,
+        pin=PinSource(env=pin_env, file=Path(pin_file)),
+        so_pin=PinSource(env="KAKUIN_TOKEN_SO_PIN", file=Path(so_pin_file)),
+        softhsm_conf=softhsm_conf,
+        hierarchy_file=Path(hierarchy),
+        profiles_file=Path(profiles),
+        crl_base_url=crl_base.rstrip("/"),
+        ocsp_base_url=ocsp_base.rstrip("/"),
+        ca_issuers_base_url=issuers_base.rstrip("/"),
+        source=source,
+        services=services,
+        raw=raw,
+    )
+
+
+_SERVICE_DEFAULTS = {"ra": 8443, "ocsp": 8081, "crl": 8082}
+_LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+def _services(raw: Mapping[str, Any], env: Mapping[str, str], source: str) -> dict[str, ServiceSettings]:
+    services: dict[str, ServiceSettings] = {}
+    table = raw.get("services", {})
+    if not isinstance(table, Mapping):
+        raise ConfigError("services", source, "expected a table")
+    for name, default_port in _SERVICE_DEFAULTS.items():
+        entry = table.get(name, {})
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"services.{name}", source, "expected a table")
+        host = env.get(f"KAKUIN_{name.upper()}_HOST") or entry.get("host", "127.0.0.1")
+        port_value: Any = env.get(f"KAKUIN_{name.upper()}_PORT") or entry.get("port", default_port)
+        workers: Any = entry.get("workers", 2)
+        try:
+            port = int(port_value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"services.{name}.port", source, f"expected a port number, got {port_value!r}")\
+                from None
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"services.{name}.port", source, f"port {port} is out of range")
+        if not isinstance(workers, int) or workers < 1:
+            raise ConfigError(f"services.{name}.workers", source, "expected a positive integer")
+        if host not in _LOOPBACK and not entry.get("allow_non_loopback", False):
+            raise ConfigError(f"services.{name}.host", source,
+                              f"{host} is not a loopback address; set allow_non_loopback = true to mean it")
+        services[name] = ServiceSettings(host=str(host), port=port, workers=workers)
+    return services
+
+
+_KNOWN_TOP = {"home", "database", "token", "ca", "urls", "services", "crl", "ocsp", "registration"}
+_KNOWN_SUB = {
+    "database": {"url"},
+    "token": {"module", "label", "pin_env", "pin_file", "so_pin_file", "softhsm_conf"},
+    "ca": {"hierarchy", "profiles"},
+    "urls": {"crl", "ocsp", "ca_issuers"},
+}
+
+
+def _check_known_keys(raw: Mapping[str, Any], source: str) -> None:
+    """Refuse unknown keys: a typo must not silently fall back to a default."""
+    for key, value in raw.items():
+        if key not in _KNOWN_TOP:
+            raise ConfigError(key, source, "unknown setting")
+        allowed = _KNOWN_SUB.get(key)
+        if allowed is None:
+            continue
+        if not isinstance(value, Mapping):
+            raise ConfigError(key, source, "expected a table")
+        for sub in value:
+            if sub not in allowed:
+                raise ConfigError(f"{key}.{sub}", source, "unknown setting")

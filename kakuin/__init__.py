@@ -1,0 +1,1 @@
+"""Kakuin's composition root: the ``kakuin`` CLI and ``kakuin up``."""

@@ -1,0 +1,501 @@
+"""The ``kakuin`` command: everything an operator does, gathered from each package.
+
+Errors are one line on stderr and a non-zero exit status: 1 for a refused request (bad input, a
+policy, a conflict), 2 for a usage or configuration error, 3 when the token or database cannot be
+reached.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from ca.errors import KakuinError, Unavailable
+from ca.issuance import IssuanceRequest, PreparedIssuance
+from ca.revocation import parse_reason
+from ca.service import CAContext
+from config import ConfigError, load_settings
+from hsm import TokenError
+from hsm.softhsm import ensure_conf, ensure_pin_file, init_token, token_exists
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class State:
+    def __init__(self, config: str | None) -> None:
+        self.config_path = config
+        self._ctx: CAContext | None = None
+
+    @property
+    def ctx(self) -> CAContext:
+        if self._ctx is None:
+            settings = load_settings(self.config_path)
+            if "softhsm" in settings.pkcs11_module:
+                ensure_conf(settings.home, settings.softhsm_conf)
+            self._ctx = CAContext(settings)
+        return self._ctx
+
+
+def actor() -> str:
+    return f"cli:{getpass.getuser()}"
+
+
+def fail(message: str, status: int = 1) -> None:
+    click.echo(f"kakuin: error: {message}", err=True)
+    sys.exit(status)
+
+
+def reports_errors(fn: F) -> F:
+    """Turn the core's typed errors into one line on stderr and the documented exit status."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as exc:
+            fail(str(exc), 2)
+        except Unavailable as exc:
+            fail(str(exc), 3)
+        except KakuinError as exc:
+            fail(str(exc), 1)
+        except TokenError as exc:
+            fail(f"token: {exc}", 3)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--config", "-c", envvar="KAKUIN_CONFIG", type=click.Path(dir_okay=False),
+              help="Settings file (TOML). Default: $KAKUIN_HOME/kakuin.toml if it exists.")
+@click.pass_context
+def main(click_ctx: click.Context, config: str | None) -> None:
+    """Kakuin: a certificate authority for JPKI- and LGPKI-style public PKIs.
+
+    Data lives in $KAKUIN_HOME (default ./var); see docs/operations.md.
+    """
+    click_ctx.obj = State(config)
+
+
+pass_state = click.make_pass_decorator(State)
+
+
+# -- set-up -------------------------------------------------------------------------------------
+
+@main.group()
+def hsm() -> None:
+    """The PKCS#11 token that holds every private key."""
+
+
+def _init_token(state: State) -> bool:
+    """Create the SoftHSM2 token if it does not exist; returns whether it was created."""
+    settings = state.ctx.settings
+    if "softhsm" not in settings.pkcs11_module:
+        return False
+    if token_exists(settings.token_label):
+        return False
+    for source in (settings.pin, settings.so_pin):
+        if not os.environ.get(source.env):
+            ensure_pin_file(source.file)
+    init_token(settings.token_label, settings.so_pin.read(), settings.pin.read())
+    return True
+
+
+@hsm.command("init")
+@pass_state
+@reports_errors
+def hsm_init(state: State) -> None:
+    """Create and initialize the SoftHSM2 token (PINs from the environment or new random PIN files)."""
+    created = _init_token(state)
+    settings = state.ctx.settings
+    click.echo(f"token {settings.token_label!r} {'created' if created else 'exists'} "
+               f"(module {settings.pkcs11_module}; PIN from ${settings.pin.env} or {settings.pin.file})")
+
+
+@hsm.command("keys")
+@pass_state
+@reports_errors
+def hsm_keys(state: State) -> None:
+    """List the private keys in the token, with their protection attributes."""
+    token = state.ctx.token
+    for label in token.labels():
+        attrs = token.private_attributes(label)
+        flags = ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in attrs.items())
+        click.echo(f"{label}\t{token.public_info(label).spec.name}\t{flags}")
+
+
+def _initialize(state: State) -> list[str]:
+    ctx = state.ctx
+    ctx.settings.home.mkdir(parents=True, exist_ok=True)
+    _init_token(state)
+    ctx.migrate()
+    return ctx.ensure_hierarchy()
+
+
+@main.command()
+@pass_state
+@reports_errors
+def init(state: State) -> None:
+    """Create the token, the database and the default hierarchy; safe to run again."""
+    created = _initialize(state)
+    click.echo(f"created authorities: {', '.join(created)}" if created else "already initialized")
+
+
+@main.command()
+@pass_state
+@reports_errors
+def up(state: State) -> None:
+    """Initialize on first run, then serve every service on loopback (Ctrl-C stops them)."""
+    created = _initialize(state)
+    ctx = state.ctx
+    if created:
+        click.echo(f"first run: created {', '.join(created)}")
+    _print_hierarchy(ctx)
+    settings = ctx.settings
+    click.echo(f"data directory: {settings.home}")
+    click.echo(f"database:       {_redact_url(settings.database_url)}")
+    click.echo(f"token:          {settings.token_label!r} via {settings.pkcs11_module}")
+    from kakuin.services import serve_all
+
+    serve_all(ctx)
+
+
+def _redact_url(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def _print_hierarchy(ctx: CAContext) -> None:
+    records = ctx.store.authorities()
+    children: dict[int | None, list[Any]] = {}
+    for record in records:
+        children.setdefault(record.parent_id, []).append(record)
+
+    def show(parent: int | None, depth: int) -> None:
+        for record in children.get(parent, []):
+            authority = ctx.authorities.get(record.name)
+            cert = authority.certificate
+            flag = " [restricted]" if record.restricted else ""
+            click.echo(f"{'  ' * depth}{record.name:<14} {cert.subject.rfc4514_string()}  "
+                       f"({authority.generation.key_spec}, until {cert.not_valid_after_utc:%Y-%m-%d}){flag}")
+            show(record.id, depth + 1)
+
+    show(None, 0)
+
+
+# -- authorities -------------------------------------------------------------------------------
+
+@main.group()
+def ca() -> None:
+    """The certificate authorities."""
+
+
+@ca.command("list")
+@pass_state
+@reports_errors
+def ca_list(state: State) -> None:
+    """The hierarchy: each authority, its DN, key and validity."""
+    _print_hierarchy(state.ctx)
+
+
+@ca.command("show")
+@click.argument("name")
+@pass_state
+@reports_errors
+def ca_show(state: State, name: str) -> None:
+    """One authority: DN, parent, keys, partitioning, and how many certificates it issued."""
+    ctx = state.ctx
+    authority = ctx.authorities.get(name)
+    record = authority.record
+    counts = ctx.store.count_certificates(record.id)
+    parent = next((r.name for r in ctx.store.authorities() if r.id == record.parent_id), None)
+    lines = [
+        f"name:          {record.name}",
+        f"title:         {record.title}",
+        f"subject:       {authority.certificate.subject.rfc4514_string()}",
+        f"issuer:        {parent or '(self-signed root)'}",
+        f"state:         {record.state}",
+        f"restricted:    {'yes (revocation data for registered verifiers only)' if record.restricted else 'no'}",
+        f"partitioning:  {record.partitioning}",
+        f"certificates:  {', '.join(f'{k} {v}' for k, v in sorted(counts.items())) or 'none'}",
+    ]
+    for generation in ctx.store.key_generations(record.id):
+        lines.append(f"key g{generation.generation}:        {generation.key_spec} label {generation.key_label} "
+                     f"SKI {generation.key_identifier.hex(':')} serial {generation.serial} "
+                     f"{generation.not_before:%Y-%m-%d}..{generation.not_after:%Y-%m-%d}"
+                     f"{'' if generation.active else ' (retired)'}")
+    click.echo("\n".join(lines))
+
+
+@ca.command("cert")
+@click.argument("name")
+@click.option("--der", is_flag=True, help="Write DER instead of PEM.")
+@click.option("--chain", is_flag=True, help="Append the issuers' certificates up to the root.")
+@pass_state
+@reports_errors
+def ca_cert(state: State, name: str, der: bool, chain: bool) -> None:
+    """The CA certificate of NAME (PEM on stdout)."""
+    ctx = state.ctx
+    certs = [ctx.authorities.get(name).certificate]
+    if chain:
+        record = ctx.store.authority(name)
+        by_id = {r.id: r for r in ctx.store.authorities()}
+        while record.parent_id is not None:
+            record = by_id[record.parent_id]
+            certs.append(ctx.authorities.get(record.name).certificate)
+    if der:
+        if chain:
+            fail("--der writes one certificate; drop --chain", 2)
+        sys.stdout.buffer.write(certs[0].public_bytes(Encoding.DER))
+        return
+    for cert in certs:
+        click.echo(cert.public_bytes(Encoding.PEM).decode("ascii"), nl=False)
+
+
+@main.command("profiles")
+@pass_state
+@reports_errors
+def profiles(state: State) -> None:
+    """The certificate profiles and the authority that issues each."""
+    for profile in state.ctx.profiles.values():
+        keys = ",".join(k.name for k in profile.key_types)
+        click.echo(f"{profile.name:<20} v{profile.version}  {profile.authority:<12} {keys:<40} {profile.title}")
+
+
+# -- issuance ----------------------------------------------------------------------------------
+
+def _read_json(path: str, what: str) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        fail(f"{what}: no such file {path}")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        fail(f"{what}: {path} is not valid JSON ({exc})")
+
+
+@main.command()
+@click.option("--profile", "-p", help="Certificate profile (see `kakuin profiles`).")
+@click.option("--csr", type=click.Path(exists=True, dir_okay=False), help="PKCS#10 request, PEM or DER.")
+@click.option("--applicant", type=click.Path(dir_okay=False), help="Reviewed applicant data, JSON (docs/applicant-data.md).")
+@click.option("--authority", help="Issuing authority, for profiles any authority may issue.")
+@click.option("--batch", type=click.Path(exists=True, dir_okay=False),
+              help="Bulk issuance: one JSON object per line {profile, csr, applicant, authority}.")
+@click.option("--out", type=click.Path(dir_okay=False), help="With --batch: write the PEM certificates here.")
+@click.option("--batch-size", default=200, show_default=True, help="With --batch: certificates per transaction.")
+@pass_state
+@reports_errors
+def issue(state: State, profile: str | None, csr: str | None, applicant: str | None, authority: str | None,
+          batch: str | None, out: str | None, batch_size: int) -> None:
+    """Issue one certificate (PEM on stdout), or many with --batch."""
+    ctx = state.ctx
+    if batch:
+        if profile or csr or applicant:
+            fail("--batch takes its profile, CSR and applicant data from the file; drop the other options", 2)
+        _issue_batch(ctx, Path(batch), Path(out) if out else None, batch_size)
+        return
+    if not profile or not csr:
+        fail("--profile and --csr are needed (or --batch FILE)", 2)
+    assert profile is not None and csr is not None
+    data = _read_json(applicant, "--applicant") if applicant else None
+    request = IssuanceRequest(profile=profile, csr=Path(csr).read_bytes(), applicant=data, authority=authority,
+                              actor=actor())
+    result = ctx.issuer.issue(request)
+    click.echo(result.pem, nl=False)
+    click.echo(f"issued {result.profile} serial {result.serial} by {result.authority}", err=True)
+
+
+def _batch_lines(path: Path) -> Iterator[tuple[int, Any]]:
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if line.strip():
+                try:
+                    yield number, json.loads(line)
+                except json.JSONDecodeError as exc:
+                    yield number, exc
+
+
+def _issue_batch(ctx: CAContext, path: Path, out: Path | None, batch_size: int) -> None:
+    total = sum(1 for line in path.open(encoding="utf-8") if line.strip())
+    refused: list[str] = []
+    issued = 0
+    started = datetime.now()
+    pending: dict[str, list[PreparedIssuance]] = {}
+    output = out.open("w", encoding="ascii") if out else sys.stdout
+
+    def flush(name: str) -> None:
+        nonlocal issued
+        items = pending.pop(name, [])
+        for result in ctx.issuer.issue_prepared(items):
+            output.write(result.pem)
+            issued += 1
+
+    try:
+        with click.progressbar(length=total, label="issuing", file=sys.stderr,
+                               show_pos=True, show_eta=True) as bar:
+            for number, entry in _batch_lines(path):
+                bar.update(1)
+                try:
+                    if isinstance(entry, Exception):
+                        raise KakuinError(f"not valid JSON ({entry})")
+                    if not isinstance(entry, dict) or "profile" not in entry or "csr" not in entry:
+                        raise KakuinError("expected an object with profile and csr")
+                    request = IssuanceRequest(profile=entry["profile"], csr=entry["csr"],
+                                              applicant=entry.get("applicant"), authority=entry.get("authority"),
+                                              actor=actor())
+                    prepared = ctx.issuer.prepare(request)
+                except KakuinError as exc:
+                    refused.append(f"line {number}: {exc}")
+                    continue
+                pending.setdefault(prepared.authority.name, []).append(prepared)
+                if len(pending[prepared.authority.name]) >= batch_size:
+                    flush(prepared.authority.name)
+            for name in list(pending):
+                flush(name)
+    finally:
+        if out:
+            output.close()
+    seconds = (datetime.now() - started).total_seconds()
+    for line in refused:
+        click.echo(f"refused {line}", err=True)
+    rate = issued / seconds if seconds else 0.0
+    click.echo(f"issued {issued}, refused {len(refused)} of {total} in {seconds:.1f} s ({rate:.0f}/s)", err=True)
+    if refused:
+        sys.exit(1)
+
+
+# -- certificates and revocation ---------------------------------------------------------------
+
+@main.group()
+def cert() -> None:
+    """Issued certificates."""
+
+
+def _find(ctx: CAContext, serial: str, authority: str | None) -> Any:
+    try:
+        if authority:
+            return ctx.store.certificate(authority, serial)
+        matches = ctx.store.find_serial(serial)
+    except ValueError as exc:
+        raise KakuinError(str(exc), field="serial") from None
+    if not matches:
+        raise KakuinError(f"no certificate with serial {serial}", field="serial")
+    if len(matches) > 1:
+        names = ", ".join(m.authority for m in matches)
+        raise KakuinError(f"serial {serial} exists under several authorities ({names}); add --authority",
+                          field="serial")
+    return matches[0]
+
+
+@cert.command("show")
+@click.argument("serial")
+@click.option("--authority", help="Issuing authority (needed only if the serial is ambiguous).")
+@click.option("--pem", is_flag=True, help="Print the certificate as PEM instead of a summary.")
+@pass_state
+@reports_errors
+def cert_show(state: State, serial: str, authority: str | None, pem: bool) -> None:
+    """Status and details of the certificate with SERIAL (hex)."""
+    record = _find(state.ctx, serial, authority)
+    if pem:
+        if record.der is None:
+            fail(f"certificate {record.serial} has no signed form (status {record.status})")
+        click.echo(x509.load_der_x509_certificate(record.der).public_bytes(Encoding.PEM).decode(), nl=False)
+        return
+    lines = [
+        f"serial:       {record.serial}",
+        f"authority:    {record.authority}",
+        f"profile:      {record.profile} v{record.profile_version}",
+        f"status:       {record.status}",
+        f"subject:      {record.subject}",
+        f"valid:        {record.not_before:%Y-%m-%d %H:%M:%S}Z .. {record.not_after:%Y-%m-%d %H:%M:%S}Z",
+        f"partition:    {record.partition}",
+        f"sha256:       {record.fingerprint or '-'}",
+    ]
+    if record.revoked_at:
+        lines.append(f"revoked:      {record.revoked_at:%Y-%m-%d %H:%M:%S}Z ({record.revocation_reason})")
+    click.echo("\n".join(lines))
+
+
+@cert.command("list")
+@click.option("--authority", help="Only this authority's certificates.")
+@click.option("--status", type=click.Choice(["signing", "issued", "revoked", "on_hold", "failed"]))
+@click.option("--limit", default=50, show_default=True)
+@pass_state
+@reports_errors
+def cert_list(state: State, authority: str | None, status: str | None, limit: int) -> None:
+    """The newest certificates, one per line."""
+    for record in state.ctx.store.certificates(authority, status, limit):
+        click.echo(f"{record.serial:<32} {record.authority:<12} {record.profile:<18} {record.status:<8} "
+                   f"{record.not_after:%Y-%m-%d}")
+
+
+@main.command()
+@click.argument("serial")
+@click.option("--authority", required=True, help="Issuing authority.")
+@click.option("--reason", required=True, help="RFC 5280 reason: unspecified, key-compromise, ca-compromise, "
+              "affiliation-changed, superseded, cessation-of-operation, certificate-hold, privilege-withdrawn.")
+@click.option("--invalidity-date", help="When the key is known or suspected to have been compromised (ISO 8601).")
+@pass_state
+@reports_errors
+def revoke(state: State, serial: str, authority: str, reason: str, invalidity_date: str | None) -> None:
+    """Revoke the certificate SERIAL; committed before this command reports success."""
+    stored_reason = parse_reason(reason)
+    invalidity = None
+    if invalidity_date:
+        try:
+            invalidity = datetime.fromisoformat(invalidity_date)
+        except ValueError:
+            fail(f"--invalidity-date: {invalidity_date!r} is not an ISO 8601 time", 2)
+        assert invalidity is not None
+        if invalidity.tzinfo is None:
+            from ca.timeutil import JST
+
+            invalidity = invalidity.replace(tzinfo=JST)
+    try:
+        record = state.ctx.store.revoke(authority=authority, serial=serial, reason=stored_reason, actor=actor(),
+                                        invalidity_date=invalidity)
+    except ValueError as exc:
+        raise KakuinError(str(exc), field="serial") from None
+    click.echo(f"{record.status} {record.serial} ({record.revocation_reason}) at "
+               f"{record.revoked_at:%Y-%m-%d %H:%M:%S}Z")
+
+
+@main.command()
+@click.argument("serial")
+@click.option("--authority", required=True, help="Issuing authority.")
+@pass_state
+@reports_errors
+def release(state: State, serial: str, authority: str) -> None:
+    """Release the certificate SERIAL from hold (certificateHold)."""
+    try:
+        record = state.ctx.store.release_hold(authority=authority, serial=serial, actor=actor())
+    except ValueError as exc:
+        raise KakuinError(str(exc), field="serial") from None
+    click.echo(f"released {record.serial}: {record.status}")
+
+
+@main.command()
+@click.option("--limit", default=20, show_default=True)
+@click.option("--action", help="Only events of this action (e.g. certificate.revoke).")
+@pass_state
+@reports_errors
+def audit(state: State, limit: int, action: str | None) -> None:
+    """The newest audit events: who did what, when."""
+    for event in state.ctx.store.audit_events(limit, action):
+        click.echo(f"{event.at:%Y-%m-%d %H:%M:%S}Z {event.actor:<20} {event.action:<26} "
+                   f"{event.authority or '-':<12} {event.serial or '-'} {json.dumps(event.detail, ensure_ascii=False)}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

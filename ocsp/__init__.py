@@ -1,0 +1,1 @@
+"""OCSP responder and pre-signer."""

@@ -1,0 +1,1 @@
+"""The registration authority API for branch offices and CA operators."""

@@ -74,8 +74,9 @@ def sex(name: str, value: Any) -> str:
 
 def municipality_code(name: str, value: Any) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"\d{5}\d?", value):
-        raise BadApplicantData("expected the 5-digit municipality code (or 6 with its check digit)",
-                               field=_field(name))
+        raise BadApplicantData(
+            "expected the 5-digit municipality code (or 6 with its check digit)", field=_field(name)
+        )
     return value[:5]
 
 
@@ -85,8 +86,10 @@ def office_code(name: str, value: Any) -> str:
     return value
 
 
-_EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-                    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+")
+_EMAIL = re.compile(
+    r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+"
+)
 _DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 
@@ -101,8 +104,10 @@ def dns_names(name: str, value: Any) -> list[str]:
         raise BadApplicantData("expected a list of 1 to 100 DNS names", field=_field(name))
     result = []
     for index, item in enumerate(value):
-        if not isinstance(item, str) or len(item) > 253 or not all(
-            _DNS_LABEL.fullmatch(label) for label in item.split(".")
+        if (
+            not isinstance(item, str)
+            or len(item) > 253
+            or not all(_DNS_LABEL.fullmatch(label) for label in item.split("."))
         ):
             raise BadApplicantData(f"{item!r} is not a DNS name", field=f"{_field(name)}[{index}]")
         result.append(item.lower())
@@ -117,7 +122,9 @@ def ip_addresses(name: str, value: Any) -> list[str]:
         try:
             result.append(str(ipaddress.ip_address(item)))
         except (ValueError, TypeError):
-            raise BadApplicantData(f"{item!r} is not an IP address", field=f"{_field(name)}[{index}]") from None
+            raise BadApplicantData(
+                f"{item!r} is not an IP address", field=f"{_field(name)}[{index}]"
+            ) from None
     return result
 
 
@@ -206,8 +213,11 @@ def validate_applicant(profile: Profile, data: Any) -> dict[str, Any]:
 
 
 def _check_jpki_sign(clean: dict[str, Any]) -> None:
-    pairs = [("name", "name_substitutes"), ("address", "address_substitutes"),
-             ("former_surname", "former_surname_substitutes")]
+    pairs = [
+        ("name", "name_substitutes"),
+        ("address", "address_substitutes"),
+        ("former_surname", "former_surname_substitutes"),
+    ]
     for value_key, flags_key in pairs:
         value, flag_value = clean.get(value_key), clean.get(flags_key)
         if value is None and flag_value is None:
@@ -215,10 +225,13 @@ def _check_jpki_sign(clean: dict[str, Any]) -> None:
         if value is None:
             raise BadApplicantData(f"given without {value_key}", field=_field(flags_key))
         if flag_value is None:
-            raise BadApplicantData(f"required with {value_key} (one 0/1 digit per character)", field=_field(flags_key))
+            raise BadApplicantData(
+                f"required with {value_key} (one 0/1 digit per character)", field=_field(flags_key)
+            )
         if len(flag_value) != len(value):
             raise BadApplicantData(
-                f"has {len(flag_value)} digits but {value_key} has {len(value)} characters", field=_field(flags_key)
+                f"has {len(flag_value)} digits but {value_key} has {len(value)} characters",
+                field=_field(flags_key),
             )
     address = clean["address"]
     if address.startswith("〒") or re.match(r"\s*\d{3}-?\d{4}\b", address):

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from ca.errors import NotFound
@@ -66,15 +67,21 @@ class AuthorityRegistry:
         record = self.store.authority(name)
         config = self.hierarchy.authorities.get(name)
         if config is None:
-            raise NotFound(f"authority {name!r} is in the database but not in {self.hierarchy.source}",
-                           field="authority")
+            raise NotFound(
+                f"authority {name!r} is in the database but not in {self.hierarchy.source}", field="authority"
+            )
         generations = [g for g in self.store.key_generations(record.id) if g.active]
         if not generations:
             raise NotFound(f"authority {name!r} has no active key", field="authority")
         generation = generations[-1]
         info = self.token.public_info(generation.key_label)
-        loaded = LoadedAuthority(record, config, generation,
-                                 x509.load_der_x509_certificate(generation.certificate_der), key_for(self.token, info))
+        loaded = LoadedAuthority(
+            record,
+            config,
+            generation,
+            x509.load_der_x509_certificate(generation.certificate_der),
+            key_for(self.token, info),
+        )
         self._cache[name] = loaded
         return loaded
 
@@ -82,8 +89,13 @@ class AuthorityRegistry:
         self._cache.clear()
 
 
-def ca_certificate_builder(config: AuthorityConfig, public_key: x509.certificate.CertificatePublicKeyTypes,
-                           issuer: LoadedAuthority | None, urls: URLs, now: datetime) -> x509.CertificateBuilder:
+def ca_certificate_builder(
+    config: AuthorityConfig,
+    public_key: CertificatePublicKeyTypes,
+    issuer: LoadedAuthority | None,
+    urls: URLs,
+    now: datetime,
+) -> x509.CertificateBuilder:
     """A CA certificate: keyCertSign+cRLSign and CA:TRUE, both critical; SKI method 1; AKI always
     (relying parties pick among key generations by it); subordinates carry policies, the parent's
     ARL distribution point and caIssuers."""
@@ -111,26 +123,56 @@ def ca_certificate_builder(config: AuthorityConfig, public_key: x509.certificate
         builder = builder.add_extension(_ca_key_usage(), True)
         if config.policies:
             qualifiers = [config.cps_uri] if config.cps_uri else None
-            builder = builder.add_extension(x509.CertificatePolicies(
-                [x509.PolicyInformation(x509.ObjectIdentifier(oid), qualifiers) for oid in config.policies]), False)
+            builder = builder.add_extension(
+                x509.CertificatePolicies(
+                    [
+                        x509.PolicyInformation(x509.ObjectIdentifier(oid), qualifiers)
+                        for oid in config.policies
+                    ]
+                ),
+                False,
+            )
         point = x509.DistributionPoint(
-            full_name=[x509.DirectoryName(issuer.certificate.subject),
-                       x509.UniformResourceIdentifier(urls.crl_url(issuer.name, "arl"))],
-            relative_name=None, reasons=None, crl_issuer=None)
+            full_name=[
+                x509.DirectoryName(issuer.certificate.subject),
+                x509.UniformResourceIdentifier(urls.crl_url(issuer.name, "arl")),
+            ],
+            relative_name=None,
+            reasons=None,
+            crl_issuer=None,
+        )
         builder = builder.add_extension(x509.CRLDistributionPoints([point]), False)
-        builder = builder.add_extension(x509.AuthorityInformationAccess([x509.AccessDescription(
-            x509.oid.AuthorityInformationAccessOID.CA_ISSUERS,
-            x509.UniformResourceIdentifier(urls.issuer_url(issuer.name)))]), False)
+        builder = builder.add_extension(
+            x509.AuthorityInformationAccess(
+                [
+                    x509.AccessDescription(
+                        x509.oid.AuthorityInformationAccessOID.CA_ISSUERS,
+                        x509.UniformResourceIdentifier(urls.issuer_url(issuer.name)),
+                    )
+                ]
+            ),
+            False,
+        )
         builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=config.path_length), True)
     if config.alt_name is not None:
-        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DirectoryName(config.alt_name)]), False)
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DirectoryName(config.alt_name)]), False
+        )
     return builder
 
 
 def _ca_key_usage() -> x509.KeyUsage:
-    return x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
-                         data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                         encipher_only=False, decipher_only=False)
+    return x509.KeyUsage(
+        digital_signature=False,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=True,
+        crl_sign=True,
+        encipher_only=False,
+        decipher_only=False,
+    )
 
 
 def ensure_hierarchy(registry: AuthorityRegistry, urls: URLs, actor: str = "kakuin init") -> list[str]:
@@ -156,15 +198,25 @@ def ensure_hierarchy(registry: AuthorityRegistry, urls: URLs, actor: str = "kaku
         signer = parent.key if parent else key
         certificate = builder.sign(signer, signature_hash(signer))
         record = registry.store.add_authority(
-            name=config.name, title=config.title, subject_der=config.subject.public_bytes(),
-            parent_id=parent.record.id if parent else None, restricted=config.restricted,
-            partitioning=config.partitioning, actor=actor,
+            name=config.name,
+            title=config.title,
+            subject_der=config.subject.public_bytes(),
+            parent_id=parent.record.id if parent else None,
+            restricted=config.restricted,
+            partitioning=config.partitioning,
+            actor=actor,
         )
         registry.store.add_key_generation(
-            authority_id=record.id, authority_name=config.name, key_label=label, key_spec=config.key.name,
+            authority_id=record.id,
+            authority_name=config.name,
+            key_label=label,
+            key_spec=config.key.name,
             key_identifier=x509.SubjectKeyIdentifier.from_public_key(key.public_key()).digest,
-            certificate_der=certificate.public_bytes(_DER), serial=normalize_serial(certificate.serial_number),
-            not_before=certificate.not_valid_before_utc, not_after=certificate.not_valid_after_utc, actor=actor,
+            certificate_der=certificate.public_bytes(_DER),
+            serial=normalize_serial(certificate.serial_number),
+            not_before=certificate.not_valid_before_utc,
+            not_after=certificate.not_valid_after_utc,
+            actor=actor,
         )
         created.append(config.name)
     return created

@@ -56,14 +56,20 @@ def check_csr(csr: x509.CertificateSigningRequest, profile: Profile, field: str 
     except Exception as exc:  # an unsupported signature algorithm surfaces here
         raise BadCSR(f"its signature cannot be checked ({exc})", field=field) from None
     if not valid:
-        raise BadCSR("its signature does not verify: it does not prove possession of the private key", field=field)
+        raise BadCSR(
+            "its signature does not verify: it does not prove possession of the private key", field=field
+        )
     spec = key_spec_of(public_key)
     allowed = ", ".join(s.name for s in profile.key_types)
     if spec is None:
-        raise PolicyRefused(f"key type {type(public_key).__name__} is not allowed; profile {profile.name} "
-                            f"takes {allowed}", field=field)
+        raise PolicyRefused(
+            f"key type {type(public_key).__name__} is not allowed; profile {profile.name} takes {allowed}",
+            field=field,
+        )
     if not any(s.algorithm == spec.algorithm and s.size == spec.size for s in profile.key_types):
-        raise PolicyRefused(f"key {spec.name} is not allowed; profile {profile.name} takes {allowed}", field=field)
+        raise PolicyRefused(
+            f"key {spec.name} is not allowed; profile {profile.name} takes {allowed}", field=field
+        )
     if isinstance(public_key, rsa.RSAPublicKey) and public_key.public_numbers().e != 65537:
         raise PolicyRefused("RSA keys must use the public exponent 65537", field=field)
     assert isinstance(public_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey)

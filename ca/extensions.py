@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
 
 from ca.hierarchy import AuthorityConfig
@@ -46,7 +47,7 @@ class IssuerView:
 class ExtensionInput:
     profile: Profile
     issuer: IssuerView
-    public_key: x509.certificate.CertificatePublicKeyTypes
+    public_key: CertificatePublicKeyTypes
     subject_alt_names: list[x509.GeneralName]
     partition: str
     applicant: dict[str, object]
@@ -60,27 +61,36 @@ def _key_usage(i: ExtensionInput) -> x509.Extension[x509.ExtensionType] | None:
 def _extended_key_usage(i: ExtensionInput) -> x509.Extension[x509.ExtensionType] | None:
     if not i.profile.extended_key_usage:
         return None
-    return x509.Extension(x509.ExtendedKeyUsage.oid, False, x509.ExtendedKeyUsage(list(i.profile.extended_key_usage)))
+    return x509.Extension(
+        x509.ExtendedKeyUsage.oid, False, x509.ExtendedKeyUsage(list(i.profile.extended_key_usage))
+    )
 
 
 def _subject_alt_name(i: ExtensionInput) -> x509.Extension[x509.ExtensionType] | None:
     if not i.subject_alt_names:
         return None
-    return x509.Extension(x509.SubjectAlternativeName.oid, False, x509.SubjectAlternativeName(i.subject_alt_names))
+    return x509.Extension(
+        x509.SubjectAlternativeName.oid, False, x509.SubjectAlternativeName(i.subject_alt_names)
+    )
 
 
 def _certificate_policies(i: ExtensionInput) -> x509.Extension[x509.ExtensionType] | None:
     if not i.profile.policies:
         return None
     policies = [x509.PolicyInformation(p.oid, [p.cps] if p.cps else None) for p in i.profile.policies]
-    return x509.Extension(x509.CertificatePolicies.oid, i.profile.policies_critical, x509.CertificatePolicies(policies))
+    return x509.Extension(
+        x509.CertificatePolicies.oid, i.profile.policies_critical, x509.CertificatePolicies(policies)
+    )
 
 
 def _issuer_alt_name(i: ExtensionInput) -> x509.Extension[x509.ExtensionType] | None:
     if not i.profile.issuer_alt_name or i.issuer.config.alt_name is None:
         return None
-    return x509.Extension(x509.IssuerAlternativeName.oid, False,
-                          x509.IssuerAlternativeName([x509.DirectoryName(i.issuer.config.alt_name)]))
+    return x509.Extension(
+        x509.IssuerAlternativeName.oid,
+        False,
+        x509.IssuerAlternativeName([x509.DirectoryName(i.issuer.config.alt_name)]),
+    )
 
 
 def _crl_distribution_points(i: ExtensionInput) -> x509.Extension[x509.ExtensionType] | None:
@@ -111,14 +121,24 @@ def partition_directory_name(issuer: IssuerView, partition: str, applicant: dict
 def _authority_info_access(i: ExtensionInput) -> x509.Extension[x509.ExtensionType] | None:
     descriptions = []
     if i.profile.ocsp:
-        descriptions.append(x509.AccessDescription(AuthorityInformationAccessOID.OCSP,
-                                                   x509.UniformResourceIdentifier(i.urls.ocsp_url(i.issuer.name))))
+        descriptions.append(
+            x509.AccessDescription(
+                AuthorityInformationAccessOID.OCSP,
+                x509.UniformResourceIdentifier(i.urls.ocsp_url(i.issuer.name)),
+            )
+        )
     if i.profile.ca_issuers:
-        descriptions.append(x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS,
-                                                   x509.UniformResourceIdentifier(i.urls.issuer_url(i.issuer.name))))
+        descriptions.append(
+            x509.AccessDescription(
+                AuthorityInformationAccessOID.CA_ISSUERS,
+                x509.UniformResourceIdentifier(i.urls.issuer_url(i.issuer.name)),
+            )
+        )
     if not descriptions:
         return None
-    return x509.Extension(x509.AuthorityInformationAccess.oid, False, x509.AuthorityInformationAccess(descriptions))
+    return x509.Extension(
+        x509.AuthorityInformationAccess.oid, False, x509.AuthorityInformationAccess(descriptions)
+    )
 
 
 def _ocsp_no_check(i: ExtensionInput) -> x509.Extension[x509.ExtensionType] | None:
@@ -127,7 +147,9 @@ def _ocsp_no_check(i: ExtensionInput) -> x509.Extension[x509.ExtensionType] | No
     return x509.Extension(x509.OCSPNoCheck.oid, False, x509.OCSPNoCheck())
 
 
-def authority_key_identifier(issuer: x509.Certificate, with_issuer_and_serial: bool) -> x509.AuthorityKeyIdentifier:
+def authority_key_identifier(
+    issuer: x509.Certificate, with_issuer_and_serial: bool
+) -> x509.AuthorityKeyIdentifier:
     """keyIdentifier from the issuer's SKI; JPKI adds the issuer's own issuer name and serial."""
     ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     if not with_issuer_and_serial:
@@ -142,7 +164,9 @@ def _authority_key_identifier(i: ExtensionInput) -> x509.Extension[x509.Extensio
 
 def _subject_key_identifier(i: ExtensionInput) -> x509.Extension[x509.ExtensionType] | None:
     # RFC 5280 §4.2.1.2 method 1: SHA-1 of the subjectPublicKey BIT STRING.
-    return x509.Extension(x509.SubjectKeyIdentifier.oid, False, x509.SubjectKeyIdentifier.from_public_key(i.public_key))
+    return x509.Extension(
+        x509.SubjectKeyIdentifier.oid, False, x509.SubjectKeyIdentifier.from_public_key(i.public_key)
+    )
 
 
 def _basic_constraints(i: ExtensionInput) -> x509.Extension[x509.ExtensionType] | None:

@@ -76,16 +76,31 @@ def load_hierarchy(path: Path) -> HierarchyConfig:
     authorities = {name: _authority(name, entry, source) for name, entry in table.items()}
     for config in authorities.values():
         if config.parent and config.parent not in authorities:
-            raise ConfigError(f"authorities.{config.name}.parent", source,
-                              f"no authority named {config.parent!r}")
-    hierarchy = HierarchyConfig(authorities, str(agency.get("name_en", "")), str(agency.get("name_ja", "")),
-                                source)
+            raise ConfigError(
+                f"authorities.{config.name}.parent", source, f"no authority named {config.parent!r}"
+            )
+    hierarchy = HierarchyConfig(
+        authorities, str(agency.get("name_en", "")), str(agency.get("name_ja", "")), source
+    )
     _check_cycles(hierarchy)
     return hierarchy
 
 
-_KNOWN = {"title", "subject", "string_type", "parent", "key", "validity_years", "restricted", "partitioning",
-          "alt_name", "crl_dp_directory", "policies", "cps_uri", "path_length"}
+_KNOWN = {
+    "title",
+    "subject",
+    "string_type",
+    "parent",
+    "key",
+    "validity_years",
+    "restricted",
+    "partitioning",
+    "alt_name",
+    "crl_dp_directory",
+    "policies",
+    "cps_uri",
+    "path_length",
+}
 
 
 def _authority(name: str, entry: Any, source: str) -> AuthorityConfig:
@@ -97,7 +112,7 @@ def _authority(name: str, entry: Any, source: str) -> AuthorityConfig:
             raise ConfigError(f"{prefix}.{key}", source, "unknown setting")
     string_type = entry.get("string_type", "utf8")
     if string_type not in ("utf8", "printable"):
-        raise ConfigError(f"{prefix}.string_type", source, "expected \"utf8\" or \"printable\"")
+        raise ConfigError(f"{prefix}.string_type", source, 'expected "utf8" or "printable"')
 
     def name_of(key: str, kind: str = string_type) -> x509.Name | None:
         value = entry.get(key)
@@ -124,8 +139,11 @@ def _authority(name: str, entry: Any, source: str) -> AuthorityConfig:
     if partitioning != "municipality":
         count = partitioning.split(":", 1)[1] if str(partitioning).startswith("shards:") else ""
         if not count.isdigit() or not 1 <= int(count) <= 4096:
-            raise ConfigError(f"{prefix}.partitioning", source,
-                              "expected \"municipality\" or \"shards:N\" with N from 1 to 4096")
+            raise ConfigError(
+                f"{prefix}.partitioning",
+                source,
+                'expected "municipality" or "shards:N" with N from 1 to 4096',
+            )
     parent = entry.get("parent") or None
     path_length = entry.get("path_length")
     if path_length is not None and (not isinstance(path_length, int) or path_length < 0):
@@ -153,6 +171,8 @@ def _check_cycles(hierarchy: HierarchyConfig) -> None:
         parent = config.parent
         while parent:
             if parent in seen:
-                raise ConfigError(f"authorities.{config.name}.parent", hierarchy.source, "the parents form a cycle")
+                raise ConfigError(
+                    f"authorities.{config.name}.parent", hierarchy.source, "the parents form a cycle"
+                )
             seen.add(parent)
             parent = hierarchy.authorities[parent].parent

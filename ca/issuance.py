@@ -69,8 +69,13 @@ class IssuedCertificate:
 
 
 class Issuer:
-    def __init__(self, registry: AuthorityRegistry, profiles: Mapping[str, Profile], urls: URLs,
-                 clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(
+        self,
+        registry: AuthorityRegistry,
+        profiles: Mapping[str, Profile],
+        urls: URLs,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
         self.registry = registry
         self.profiles = profiles
         self.urls = urls
@@ -83,23 +88,30 @@ class Issuer:
     def profile(self, name: str) -> Profile:
         profile = self.profiles.get(name)
         if profile is None:
-            raise NotFound(f"unknown profile {name!r} (known: {', '.join(sorted(self.profiles))})", field="profile")
+            raise NotFound(
+                f"unknown profile {name!r} (known: {', '.join(sorted(self.profiles))})", field="profile"
+            )
         return profile
 
     def authority_for(self, profile: Profile, requested: str | None) -> LoadedAuthority:
         if profile.authority == "*":
             if requested is None:
-                raise BadRequest(f"profile {profile.name} needs --authority: any authority may issue it",
-                                 field="authority")
+                raise BadRequest(
+                    f"profile {profile.name} needs --authority: any authority may issue it", field="authority"
+                )
             name = requested
         else:
             if requested is not None and requested != profile.authority:
-                raise Forbidden(f"profile {profile.name} is issued by {profile.authority}, not {requested}",
-                                field="authority")
+                raise Forbidden(
+                    f"profile {profile.name} is issued by {profile.authority}, not {requested}",
+                    field="authority",
+                )
             name = profile.authority
         authority = self.registry.get(name)
         if authority.record.state != "active":
-            raise Forbidden(f"authority {name} is {authority.record.state} and issues no more", field="authority")
+            raise Forbidden(
+                f"authority {name} is {authority.record.state} and issues no more", field="authority"
+            )
         return authority
 
     # -- prepare ------------------------------------------------------------------------------
@@ -127,8 +139,10 @@ class Issuer:
                 raise PolicyRefused("the birth date lies in the future", field="applicant.birth_date")
             age = age_on(today, birth)
             if age < profile.min_age:
-                raise PolicyRefused(f"the holder is {age}; profile {profile.name} needs {profile.min_age} or older",
-                                    field="applicant.birth_date")
+                raise PolicyRefused(
+                    f"the holder is {age}; profile {profile.name} needs {profile.min_age} or older",
+                    field="applicant.birth_date",
+                )
             if applicant["card_expiry"] < today:
                 raise PolicyRefused("the card has expired", field="applicant.card_expiry")
             return jpki_not_after(now, birth, applicant["card_expiry"])
@@ -171,14 +185,23 @@ class Issuer:
                 certificate = builder.sign(authority.key, hash_algorithm)
                 der = certificate.public_bytes(Encoding.DER)
                 signed.append((cert_id, der, fingerprint(der)))
-                issued.append(IssuedCertificate(authority.name, row["serial"], item.profile.name, certificate, der))
-                details.append({"serial": row["serial"], "profile": item.profile.name,
-                                "profile_version": item.profile.version, "partition": row["partition"],
-                                "application_id": item.request.application_id, "actor_request": item.request.actor})
+                issued.append(
+                    IssuedCertificate(authority.name, row["serial"], item.profile.name, certificate, der)
+                )
+                details.append(
+                    {
+                        "serial": row["serial"],
+                        "profile": item.profile.name,
+                        "profile_version": item.profile.version,
+                        "partition": row["partition"],
+                        "application_id": item.request.application_id,
+                        "actor_request": item.request.actor,
+                    }
+                )
         except Exception as exc:
             if signed:
                 self.store.complete(signed, prepared[0].request.actor, authority.name, details)
-            self.store.fail(ids[len(signed):], prepared[0].request.actor, authority.name, type(exc).__name__)
+            self.store.fail(ids[len(signed) :], prepared[0].request.actor, authority.name, type(exc).__name__)
             raise
         self.store.complete(signed, prepared[0].request.actor, authority.name, details)
         return issued
@@ -195,21 +218,37 @@ class Issuer:
         if config.partitioning == "municipality":
             code = item.applicant.get("municipality_code")
             if code is None:
-                raise PolicyRefused("authority partitions by municipality; the applicant data has no "
-                                    "municipality_code", field="applicant.municipality_code")
+                raise PolicyRefused(
+                    "authority partitions by municipality; the applicant data has no municipality_code",
+                    field="applicant.municipality_code",
+                )
             return str(code)
         return str(serial % max(config.shards, 1))
 
-    def _build(self, item: PreparedIssuance, serial: int, sequence: int
-               ) -> tuple[x509.CertificateBuilder, dict[str, Any]]:
+    def _build(
+        self, item: PreparedIssuance, serial: int, sequence: int
+    ) -> tuple[x509.CertificateBuilder, dict[str, Any]]:
         authority = item.authority
-        subject = build_subject(item.profile, item.applicant, authority.certificate.subject, authority.name,
-                                item.not_before, sequence)
+        subject = build_subject(
+            item.profile,
+            item.applicant,
+            authority.certificate.subject,
+            authority.name,
+            item.not_before,
+            sequence,
+        )
         partition = self.partition_of(item, serial)
-        extensions = build_extensions(ExtensionInput(
-            profile=item.profile, issuer=authority.view, public_key=item.csr.public_key,
-            subject_alt_names=item.alt_names, partition=partition, applicant=item.applicant, urls=self.urls,
-        ))
+        extensions = build_extensions(
+            ExtensionInput(
+                profile=item.profile,
+                issuer=authority.view,
+                public_key=item.csr.public_key,
+                subject_alt_names=item.alt_names,
+                partition=partition,
+                applicant=item.applicant,
+                urls=self.urls,
+            )
+        )
         builder = (
             x509.CertificateBuilder()
             .subject_name(subject)

@@ -150,3 +150,24 @@ class AuditEvent(Base):
     authority: Mapped[str | None] = mapped_column(String(64))
     serial: Mapped[str | None] = mapped_column(String(40))
     detail: Mapped[str] = mapped_column(Text, default="{}")
+
+
+class Verifier(Base):
+    """A relying party registered to receive restricted (JPKI) revocation data: a government body,
+    an accredited platform operator (PF), or a service provider (SP) attached to a platform.
+    Identified by the SHA-256 fingerprint of its TLS client / OCSP request-signing certificate."""
+
+    __tablename__ = "verifiers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    kind: Mapped[str] = mapped_column(String(24))  # government | platform | service_provider
+    platform_id: Mapped[int | None] = mapped_column(ForeignKey("verifiers.id"))
+    certificate_der: Mapped[bytes] = mapped_column(LargeBinary)
+    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
+    subject: Mapped[str] = mapped_column(Text)
+    authorities: Mapped[str] = mapped_column(Text, default="")  # comma-separated authority names
+    pinless: Mapped[bool] = mapped_column(Boolean, default=False)
+    state: Mapped[str] = mapped_column(String(16), default="active")  # active | disabled
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -30,10 +30,10 @@ def name_from_pairs(pairs: Sequence[Sequence[str]], string_type: str = "utf8") -
         attribute, value = pair
         oid = ATTRIBUTES.get(attribute.upper())
         if oid is None:
-            raise ValueError(f"unknown name attribute {attribute!r} (expected one of {', '.join(ATTRIBUTES)})")
-        if oid == NameOID.COUNTRY_NAME:
-            kind = _ASN1Type.PrintableString
-        elif string_type == "printable":
+            raise ValueError(
+                f"unknown name attribute {attribute!r} (expected one of {', '.join(ATTRIBUTES)})"
+            )
+        if oid == NameOID.COUNTRY_NAME or string_type == "printable":
             kind = _ASN1Type.PrintableString
         else:
             kind = _ASN1Type.UTF8String

@@ -18,8 +18,17 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 from config import ConfigError
 from hsm import KeySpec
 
-KEY_USAGES = ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
-              "key_agreement", "key_cert_sign", "crl_sign", "encipher_only", "decipher_only")
+KEY_USAGES = (
+    "digital_signature",
+    "content_commitment",
+    "key_encipherment",
+    "data_encipherment",
+    "key_agreement",
+    "key_cert_sign",
+    "crl_sign",
+    "encipher_only",
+    "decipher_only",
+)
 EXTENDED_KEY_USAGES = {
     "server_auth": ExtendedKeyUsageOID.SERVER_AUTH,
     "client_auth": ExtendedKeyUsageOID.CLIENT_AUTH,
@@ -28,13 +37,30 @@ EXTENDED_KEY_USAGES = {
     "ocsp_signing": ExtendedKeyUsageOID.OCSP_SIGNING,
     "time_stamping": ExtendedKeyUsageOID.TIME_STAMPING,
 }
-SUBJECT_BUILDERS = ("jpki-sign", "jpki-auth", "lgpki-person", "lgpki-post", "lgpki-server", "ocsp-responder",
-                    "operator-client")
+SUBJECT_BUILDERS = (
+    "jpki-sign",
+    "jpki-auth",
+    "lgpki-person",
+    "lgpki-post",
+    "lgpki-server",
+    "ocsp-responder",
+    "operator-client",
+)
 ALT_NAME_BUILDERS = ("none", "jpki-basic4", "dns", "email")
 VALIDITY_RULES = ("jpki-birthday", "days")
-EXTENSIONS = ("basic_constraints", "key_usage", "extended_key_usage", "subject_alt_name", "certificate_policies",
-              "issuer_alt_name", "crl_distribution_points", "authority_info_access", "ocsp_no_check",
-              "authority_key_identifier", "subject_key_identifier")
+EXTENSIONS = (
+    "basic_constraints",
+    "key_usage",
+    "extended_key_usage",
+    "subject_alt_name",
+    "certificate_policies",
+    "issuer_alt_name",
+    "crl_distribution_points",
+    "authority_info_access",
+    "ocsp_no_check",
+    "authority_key_identifier",
+    "subject_key_identifier",
+)
 
 
 @dataclass(frozen=True)
@@ -94,10 +120,30 @@ def load_profiles(path: Path) -> dict[str, Profile]:
     return {name: _profile(name, entry, defaults, source) for name, entry in table.items()}
 
 
-_KNOWN = {"title", "version", "authority", "subject", "alt_names", "validity", "validity_days", "min_age",
-          "key_types", "key_usage", "key_usage_critical", "extended_key_usage", "policies", "policies_critical",
-          "issuer_alt_name", "crl_distribution_point", "ocsp", "ca_issuers", "ocsp_no_check",
-          "authority_key_identifier_issuer", "extension_order", "other_names"}
+_KNOWN = {
+    "title",
+    "version",
+    "authority",
+    "subject",
+    "alt_names",
+    "validity",
+    "validity_days",
+    "min_age",
+    "key_types",
+    "key_usage",
+    "key_usage_critical",
+    "extended_key_usage",
+    "policies",
+    "policies_critical",
+    "issuer_alt_name",
+    "crl_distribution_point",
+    "ocsp",
+    "ca_issuers",
+    "ocsp_no_check",
+    "authority_key_identifier_issuer",
+    "extension_order",
+    "other_names",
+}
 
 
 def _profile(name: str, entry: Any, defaults: Mapping[str, Any], source: str) -> Profile:
@@ -111,7 +157,9 @@ def _profile(name: str, entry: Any, defaults: Mapping[str, Any], source: str) ->
     def choice(key: str, allowed: tuple[str, ...], default: str | None = None) -> str:
         value = entry.get(key, default)
         if value not in allowed:
-            raise ConfigError(f"{prefix}.{key}", source, f"expected one of {', '.join(allowed)}, got {value!r}")
+            raise ConfigError(
+                f"{prefix}.{key}", source, f"expected one of {', '.join(allowed)}, got {value!r}"
+            )
         return str(value)
 
     def flag(key: str, default: bool = False) -> bool:
@@ -146,8 +194,11 @@ def _profile(name: str, entry: Any, defaults: Mapping[str, Any], source: str) ->
     ekus = []
     for usage in entry.get("extended_key_usage", []):
         if usage not in EXTENDED_KEY_USAGES:
-            raise ConfigError(f"{prefix}.extended_key_usage", source,
-                              f"unknown extended key usage {usage!r} (expected one of {', '.join(EXTENDED_KEY_USAGES)})")
+            raise ConfigError(
+                f"{prefix}.extended_key_usage",
+                source,
+                f"unknown extended key usage {usage!r} (expected one of {', '.join(EXTENDED_KEY_USAGES)})",
+            )
         ekus.append(EXTENDED_KEY_USAGES[usage])
 
     policies = []
@@ -155,17 +206,24 @@ def _profile(name: str, entry: Any, defaults: Mapping[str, Any], source: str) ->
         try:
             policies.append(PolicyItem(ObjectIdentifier(item["oid"]), item.get("cps")))
         except (KeyError, TypeError, ValueError):
-            raise ConfigError(f"{prefix}.policies[{index}]", source, "expected { oid = \"1.2...\", cps = \"URL\" }")\
-                from None
+            raise ConfigError(
+                f"{prefix}.policies[{index}]", source, 'expected { oid = "1.2...", cps = "URL" }'
+            ) from None
 
     other_names = []
     for index, item in enumerate(entry.get("other_names", [])):
         try:
-            other_names.append(OtherNameItem(str(item["field"]), ObjectIdentifier(item["oid"]),
-                                             bool(item.get("required", False))))
+            other_names.append(
+                OtherNameItem(
+                    str(item["field"]), ObjectIdentifier(item["oid"]), bool(item.get("required", False))
+                )
+            )
         except (KeyError, TypeError, ValueError):
-            raise ConfigError(f"{prefix}.other_names[{index}]", source,
-                              "expected { field = \"name\", oid = \"1.2...\", required = true }") from None
+            raise ConfigError(
+                f"{prefix}.other_names[{index}]",
+                source,
+                'expected { field = "name", oid = "1.2...", required = true }',
+            ) from None
     alt_names = choice("alt_names", ALT_NAME_BUILDERS, "none")
     if alt_names == "jpki-basic4" and not other_names:
         raise ConfigError(f"{prefix}.other_names", source, "jpki-basic4 needs the otherName items")

@@ -22,8 +22,15 @@ REASONS: dict[str, x509.ReasonFlags] = {
 
 # RFC 5280 reason code numbers, for the streaming CRL encoder and OCSP.
 REASON_CODES: dict[str, int] = {
-    "unspecified": 0, "key_compromise": 1, "ca_compromise": 2, "affiliation_changed": 3, "superseded": 4,
-    "cessation_of_operation": 5, "certificate_hold": 6, "remove_from_crl": 8, "privilege_withdrawn": 9,
+    "unspecified": 0,
+    "key_compromise": 1,
+    "ca_compromise": 2,
+    "affiliation_changed": 3,
+    "superseded": 4,
+    "cessation_of_operation": 5,
+    "certificate_hold": 6,
+    "remove_from_crl": 8,
+    "privilege_withdrawn": 9,
     "aa_compromise": 10,
 }
 
@@ -34,5 +41,7 @@ def parse_reason(text: str) -> str:
     normalized = normalized.lstrip("-").replace("c-a-", "ca-").replace("a-a-", "aa-")
     flag = REASONS.get(normalized)
     if flag is None:
-        raise BadRequest(f"unknown revocation reason {text!r} (expected one of {', '.join(REASONS)})", field="reason")
+        raise BadRequest(
+            f"unknown revocation reason {text!r} (expected one of {', '.join(REASONS)})", field="reason"
+        )
     return str(flag.value)

@@ -40,8 +40,11 @@ class CAContext:
 
         for profile in self.profiles.values():
             if profile.authority != "*" and profile.authority not in self.hierarchy.authorities:
-                raise ConfigError(f"profiles.{profile.name}.authority", str(self.settings.profiles_file),
-                                  f"no authority named {profile.authority!r} in {self.hierarchy.source}")
+                raise ConfigError(
+                    f"profiles.{profile.name}.authority",
+                    str(self.settings.profiles_file),
+                    f"no authority named {profile.authority!r} in {self.hierarchy.source}",
+                )
 
     @cached_property
     def urls(self) -> URLs:

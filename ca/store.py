@@ -11,9 +11,9 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy import Table, and_, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -21,11 +21,11 @@ from ca.errors import AlreadyRevoked, Conflict, NotFound, Unavailable
 from ca.models import AuditEvent, Authority, Certificate, KeyGeneration, Revocation
 from ca.timeutil import utcnow
 
-authorities_t = Authority.__table__
-keys_t = KeyGeneration.__table__
-certs_t = Certificate.__table__
-revocations_t = Revocation.__table__
-audit_t = AuditEvent.__table__
+authorities_t = cast(Table, Authority.__table__)
+keys_t = cast(Table, KeyGeneration.__table__)
+certs_t = cast(Table, Certificate.__table__)
+revocations_t = cast(Table, Revocation.__table__)
+audit_t = cast(Table, AuditEvent.__table__)
 
 
 @dataclass(frozen=True)
@@ -114,28 +114,56 @@ def normalize_serial(serial: str | int) -> str:
 def _certificate(row: Row[Any], authority: str) -> CertificateRecord:
     m = row._mapping
     return CertificateRecord(
-        id=m["id"], authority=authority, serial=m["serial"], profile=m["profile"],
-        profile_version=m["profile_version"], status=m["status"], subject=m["subject"], partition=m["partition"],
-        not_before=m["not_before"], not_after=m["not_after"], der=m["der"], fingerprint=m["fingerprint"],
-        created_at=m["created_at"], revoked_at=m["revoked_at"], revocation_reason=m["revocation_reason"],
-        invalidity_date=m["invalidity_date"], key_generation_id=m["key_generation_id"],
-        resident_key=m["resident_key"], application_id=m["application_id"],
+        id=m["id"],
+        authority=authority,
+        serial=m["serial"],
+        profile=m["profile"],
+        profile_version=m["profile_version"],
+        status=m["status"],
+        subject=m["subject"],
+        partition=m["partition"],
+        not_before=m["not_before"],
+        not_after=m["not_after"],
+        der=m["der"],
+        fingerprint=m["fingerprint"],
+        created_at=m["created_at"],
+        revoked_at=m["revoked_at"],
+        revocation_reason=m["revocation_reason"],
+        invalidity_date=m["invalidity_date"],
+        key_generation_id=m["key_generation_id"],
+        resident_key=m["resident_key"],
+        application_id=m["application_id"],
     )
 
 
 def _authority(row: Row[Any]) -> AuthorityRecord:
     m = row._mapping
-    return AuthorityRecord(id=m["id"], name=m["name"], title=m["title"], subject_der=m["subject_der"],
-                           parent_id=m["parent_id"], restricted=m["restricted"], partitioning=m["partitioning"],
-                           state=m["state"])
+    return AuthorityRecord(
+        id=m["id"],
+        name=m["name"],
+        title=m["title"],
+        subject_der=m["subject_der"],
+        parent_id=m["parent_id"],
+        restricted=m["restricted"],
+        partitioning=m["partitioning"],
+        state=m["state"],
+    )
 
 
 def _key_generation(row: Row[Any]) -> KeyGenerationRecord:
     m = row._mapping
     return KeyGenerationRecord(
-        id=m["id"], authority_id=m["authority_id"], generation=m["generation"], key_label=m["key_label"],
-        key_spec=m["key_spec"], key_identifier=m["key_identifier"], certificate_der=m["certificate_der"],
-        serial=m["serial"], not_before=m["not_before"], not_after=m["not_after"], active=m["active"],
+        id=m["id"],
+        authority_id=m["authority_id"],
+        generation=m["generation"],
+        key_label=m["key_label"],
+        key_spec=m["key_spec"],
+        key_identifier=m["key_identifier"],
+        certificate_der=m["certificate_der"],
+        serial=m["serial"],
+        not_before=m["not_before"],
+        not_after=m["not_after"],
+        active=m["active"],
     )
 
 
@@ -173,11 +201,14 @@ class StoreReader:
         serial_hex = normalize_serial(serial)
         with self._connect() as conn:
             row = conn.execute(
-                select(certs_t).join(authorities_t, certs_t.c.authority_id == authorities_t.c.id)
+                select(certs_t)
+                .join(authorities_t, certs_t.c.authority_id == authorities_t.c.id)
                 .where(and_(authorities_t.c.name == authority, certs_t.c.serial == serial_hex))
             ).first()
         if row is None:
-            raise NotFound(f"authority {authority} has issued no certificate with serial {serial_hex}", field="serial")
+            raise NotFound(
+                f"authority {authority} has issued no certificate with serial {serial_hex}", field="serial"
+            )
         return _certificate(row, authority)
 
     def find_serial(self, serial: str | int) -> list[CertificateRecord]:
@@ -191,10 +222,12 @@ class StoreReader:
             ).all()
         return [_certificate(r, r._mapping["authority_name"]) for r in rows]
 
-    def certificates(self, authority: str | None = None, status: str | None = None,
-                     limit: int = 100) -> list[CertificateRecord]:
-        query = (select(certs_t, authorities_t.c.name.label("authority_name"))
-                 .join(authorities_t, certs_t.c.authority_id == authorities_t.c.id))
+    def certificates(
+        self, authority: str | None = None, status: str | None = None, limit: int = 100
+    ) -> list[CertificateRecord]:
+        query = select(certs_t, authorities_t.c.name.label("authority_name")).join(
+            authorities_t, certs_t.c.authority_id == authorities_t.c.id
+        )
         if authority is not None:
             query = query.where(authorities_t.c.name == authority)
         if status is not None:
@@ -206,15 +239,19 @@ class StoreReader:
     def count_certificates(self, authority_id: int) -> dict[str, int]:
         with self._connect() as conn:
             rows = conn.execute(
-                select(certs_t.c.status, func.count()).where(certs_t.c.authority_id == authority_id)
+                select(certs_t.c.status, func.count())
+                .where(certs_t.c.authority_id == authority_id)
                 .group_by(certs_t.c.status)
             )
             return {status: count for status, count in rows}
 
     def revocation_history(self, certificate_id: int) -> list[dict[str, Any]]:
         with self._connect() as conn:
-            rows = conn.execute(select(revocations_t).where(revocations_t.c.certificate_id == certificate_id)
-                                .order_by(revocations_t.c.id))
+            rows = conn.execute(
+                select(revocations_t)
+                .where(revocations_t.c.certificate_id == certificate_id)
+                .order_by(revocations_t.c.id)
+            )
             return [dict(r._mapping) for r in rows]
 
     def audit_events(self, limit: int = 100, action: str | None = None) -> list[AuditRecord]:
@@ -223,8 +260,15 @@ class StoreReader:
             query = query.where(audit_t.c.action == action)
         with self._connect() as conn:
             return [
-                AuditRecord(id=m["id"], at=m["at"], actor=m["actor"], action=m["action"], authority=m["authority"],
-                            serial=m["serial"], detail=json.loads(m["detail"]))
+                AuditRecord(
+                    id=m["id"],
+                    at=m["at"],
+                    actor=m["actor"],
+                    action=m["action"],
+                    authority=m["authority"],
+                    serial=m["serial"],
+                    detail=json.loads(m["detail"]),
+                )
                 for m in (r._mapping for r in conn.execute(query))
             ]
 
@@ -240,57 +284,125 @@ class Store(StoreReader):
             raise Unavailable(f"the database cannot be reached ({exc.orig})") from None
 
     @staticmethod
-    def _audit(conn: Connection, actor: str, action: str, authority: str | None = None,
-               serial: str | None = None, detail: dict[str, Any] | None = None,
-               at: datetime | None = None) -> None:
-        conn.execute(insert(audit_t).values(
-            at=at or utcnow(), actor=actor, action=action, authority=authority, serial=serial,
-            detail=json.dumps(detail or {}, ensure_ascii=False, sort_keys=True),
-        ))
+    def _audit(
+        conn: Connection,
+        actor: str,
+        action: str,
+        authority: str | None = None,
+        serial: str | None = None,
+        detail: dict[str, Any] | None = None,
+        at: datetime | None = None,
+    ) -> None:
+        conn.execute(
+            insert(audit_t).values(
+                at=at or utcnow(),
+                actor=actor,
+                action=action,
+                authority=authority,
+                serial=serial,
+                detail=json.dumps(detail or {}, ensure_ascii=False, sort_keys=True),
+            )
+        )
 
-    def audit(self, actor: str, action: str, authority: str | None = None, serial: str | None = None,
-              detail: dict[str, Any] | None = None) -> None:
+    def audit(
+        self,
+        actor: str,
+        action: str,
+        authority: str | None = None,
+        serial: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
         with self._begin() as conn:
             self._audit(conn, actor, action, authority, serial, detail)
 
     # -- authorities ------------------------------------------------------------------------
 
-    def add_authority(self, *, name: str, title: str, subject_der: bytes, parent_id: int | None,
-                      restricted: bool, partitioning: str, actor: str) -> AuthorityRecord:
+    def add_authority(
+        self,
+        *,
+        name: str,
+        title: str,
+        subject_der: bytes,
+        parent_id: int | None,
+        restricted: bool,
+        partitioning: str,
+        actor: str,
+    ) -> AuthorityRecord:
         with self._begin() as conn:
             try:
-                conn.execute(insert(authorities_t).values(
-                    name=name, title=title, subject_der=subject_der, parent_id=parent_id, restricted=restricted,
-                    partitioning=partitioning, state="active", sequence=0, created_at=utcnow(),
-                ))
+                conn.execute(
+                    insert(authorities_t).values(
+                        name=name,
+                        title=title,
+                        subject_der=subject_der,
+                        parent_id=parent_id,
+                        restricted=restricted,
+                        partitioning=partitioning,
+                        state="active",
+                        sequence=0,
+                        created_at=utcnow(),
+                    )
+                )
             except IntegrityError:
                 raise Conflict(f"an authority named {name!r} exists already", field="name") from None
             self._audit(conn, actor, "authority.create", name, detail={"title": title})
         return self.authority(name)
 
-    def add_key_generation(self, *, authority_id: int, authority_name: str, key_label: str, key_spec: str,
-                           key_identifier: bytes, certificate_der: bytes, serial: str, not_before: datetime,
-                           not_after: datetime, actor: str) -> KeyGenerationRecord:
+    def add_key_generation(
+        self,
+        *,
+        authority_id: int,
+        authority_name: str,
+        key_label: str,
+        key_spec: str,
+        key_identifier: bytes,
+        certificate_der: bytes,
+        serial: str,
+        not_before: datetime,
+        not_after: datetime,
+        actor: str,
+    ) -> KeyGenerationRecord:
         with self._begin() as conn:
             current = conn.execute(
                 select(func.max(keys_t.c.generation)).where(keys_t.c.authority_id == authority_id)
             ).scalar()
             generation = (current or 0) + 1
-            conn.execute(insert(keys_t).values(
-                authority_id=authority_id, generation=generation, key_label=key_label, key_spec=key_spec,
-                key_identifier=key_identifier, certificate_der=certificate_der, serial=serial,
-                not_before=not_before, not_after=not_after, active=True, created_at=utcnow(),
-            ))
-            self._audit(conn, actor, "authority.key_generation", authority_name, serial,
-                        {"generation": generation, "key_label": key_label, "key_spec": key_spec})
+            conn.execute(
+                insert(keys_t).values(
+                    authority_id=authority_id,
+                    generation=generation,
+                    key_label=key_label,
+                    key_spec=key_spec,
+                    key_identifier=key_identifier,
+                    certificate_der=certificate_der,
+                    serial=serial,
+                    not_before=not_before,
+                    not_after=not_after,
+                    active=True,
+                    created_at=utcnow(),
+                )
+            )
+            self._audit(
+                conn,
+                actor,
+                "authority.key_generation",
+                authority_name,
+                serial,
+                {"generation": generation, "key_label": key_label, "key_spec": key_spec},
+            )
         return next(k for k in self.key_generations(authority_id) if k.generation == generation)
 
     def next_sequence(self, authority_id: int, count: int) -> int:
         """Reserve ``count`` numbers of the authority's subject sequence; returns the first."""
         with self._begin() as conn:
-            conn.execute(update(authorities_t).where(authorities_t.c.id == authority_id)
-                         .values(sequence=authorities_t.c.sequence + count))
-            last = conn.execute(select(authorities_t.c.sequence).where(authorities_t.c.id == authority_id)).scalar_one()
+            conn.execute(
+                update(authorities_t)
+                .where(authorities_t.c.id == authority_id)
+                .values(sequence=authorities_t.c.sequence + count)
+            )
+            last = conn.execute(
+                select(authorities_t.c.sequence).where(authorities_t.c.id == authority_id)
+            ).scalar_one()
         return int(last) - count + 1
 
     # -- issuance ---------------------------------------------------------------------------
@@ -311,27 +423,50 @@ class Store(StoreReader):
                 raise
         return ids
 
-    def complete(self, done: Iterable[tuple[int, bytes, str]], actor: str, authority: str,
-                 audit_details: Sequence[dict[str, Any]]) -> None:
+    def complete(
+        self,
+        done: Iterable[tuple[int, bytes, str]],
+        actor: str,
+        authority: str,
+        audit_details: Sequence[dict[str, Any]],
+    ) -> None:
         """Store the signed DER of reserved rows and their audit events in one transaction."""
         at = utcnow()
         with self._begin() as conn:
             for (cert_id, der, fingerprint), detail in zip(done, audit_details, strict=True):
-                conn.execute(update(certs_t).where(and_(certs_t.c.id == cert_id, certs_t.c.status == "signing"))
-                             .values(status="issued", der=der, fingerprint=fingerprint))
-                conn.execute(insert(audit_t).values(
-                    at=at, actor=actor, action="certificate.issue", authority=authority, serial=detail["serial"],
-                    detail=json.dumps(detail, ensure_ascii=False, sort_keys=True),
-                ))
+                conn.execute(
+                    update(certs_t)
+                    .where(and_(certs_t.c.id == cert_id, certs_t.c.status == "signing"))
+                    .values(status="issued", der=der, fingerprint=fingerprint)
+                )
+                conn.execute(
+                    insert(audit_t).values(
+                        at=at,
+                        actor=actor,
+                        action="certificate.issue",
+                        authority=authority,
+                        serial=detail["serial"],
+                        detail=json.dumps(detail, ensure_ascii=False, sort_keys=True),
+                    )
+                )
 
     def fail(self, cert_ids: Sequence[int], actor: str, authority: str, reason: str) -> None:
         """The token refused to sign: the reserved rows never became certificates."""
         with self._begin() as conn:
             for cert_id in cert_ids:
-                conn.execute(update(certs_t).where(and_(certs_t.c.id == cert_id, certs_t.c.status == "signing"))
-                             .values(status="failed"))
-            self._audit(conn, actor, "certificate.issue_failed", authority, None,
-                        {"count": len(cert_ids), "reason": reason})
+                conn.execute(
+                    update(certs_t)
+                    .where(and_(certs_t.c.id == cert_id, certs_t.c.status == "signing"))
+                    .values(status="failed")
+                )
+            self._audit(
+                conn,
+                actor,
+                "certificate.issue_failed",
+                authority,
+                None,
+                {"count": len(cert_ids), "reason": reason},
+            )
 
     def signing_rows(self) -> Iterator[CertificateRecord]:
         """Rows whose signing never completed (a killed worker): the operator revokes or fails them."""
@@ -346,8 +481,16 @@ class Store(StoreReader):
 
     # -- revocation -------------------------------------------------------------------------
 
-    def revoke(self, *, authority: str, serial: str | int, reason: str, actor: str, at: datetime | None = None,
-               invalidity_date: datetime | None = None) -> CertificateRecord:
+    def revoke(
+        self,
+        *,
+        authority: str,
+        serial: str | int,
+        reason: str,
+        actor: str,
+        at: datetime | None = None,
+        invalidity_date: datetime | None = None,
+    ) -> CertificateRecord:
         """Revoke (or, with reason ``certificate_hold``, suspend) one certificate.
 
         A conditional UPDATE decides the race: of two concurrent revocations exactly one wins, the
@@ -358,8 +501,9 @@ class Store(StoreReader):
         if record.status == "failed":
             raise Conflict(f"certificate {record.serial} was never signed (issuance failed)", field="serial")
         if record.status == "revoked":
-            raise AlreadyRevoked(f"certificate {record.serial} is already revoked ({record.revocation_reason})",
-                                 field="serial")
+            raise AlreadyRevoked(
+                f"certificate {record.serial} is already revoked ({record.revocation_reason})", field="serial"
+            )
         if record.status == "on_hold" and hold:
             raise AlreadyRevoked(f"certificate {record.serial} is already on hold", field="serial")
         when = at or utcnow()
@@ -369,35 +513,64 @@ class Store(StoreReader):
             result = conn.execute(
                 update(certs_t)
                 .where(and_(certs_t.c.id == record.id, certs_t.c.status.in_(allowed_from)))
-                .values(status=new_status, revoked_at=when, revocation_reason=reason, invalidity_date=invalidity_date)
+                .values(
+                    status=new_status,
+                    revoked_at=when,
+                    revocation_reason=reason,
+                    invalidity_date=invalidity_date,
+                )
             )
             if result.rowcount != 1:
                 raise AlreadyRevoked(f"certificate {record.serial} was revoked concurrently", field="serial")
-            conn.execute(insert(revocations_t).values(
-                certificate_id=record.id, authority_id=self._authority_id(conn, authority),
-                action="hold" if hold else "revoke", reason=reason, revoked_at=when,
-                invalidity_date=invalidity_date, actor=actor, recorded_at=utcnow(),
-            ))
-            self._audit(conn, actor, "certificate.hold" if hold else "certificate.revoke", authority,
-                        record.serial, {"reason": reason})
+            conn.execute(
+                insert(revocations_t).values(
+                    certificate_id=record.id,
+                    authority_id=self._authority_id(conn, authority),
+                    action="hold" if hold else "revoke",
+                    reason=reason,
+                    revoked_at=when,
+                    invalidity_date=invalidity_date,
+                    actor=actor,
+                    recorded_at=utcnow(),
+                )
+            )
+            self._audit(
+                conn,
+                actor,
+                "certificate.hold" if hold else "certificate.revoke",
+                authority,
+                record.serial,
+                {"reason": reason},
+            )
         return self.certificate(authority, record.serial)
 
     def release_hold(self, *, authority: str, serial: str | int, actor: str) -> CertificateRecord:
         """Take a certificate off hold (RFC 5280 §5.3.1: it then leaves the CRL via removeFromCRL)."""
         record = self.certificate(authority, serial)
         if record.status != "on_hold":
-            raise Conflict(f"certificate {record.serial} is not on hold (it is {record.status})", field="serial")
+            raise Conflict(
+                f"certificate {record.serial} is not on hold (it is {record.status})", field="serial"
+            )
         with self._begin() as conn:
             result = conn.execute(
-                update(certs_t).where(and_(certs_t.c.id == record.id, certs_t.c.status == "on_hold"))
+                update(certs_t)
+                .where(and_(certs_t.c.id == record.id, certs_t.c.status == "on_hold"))
                 .values(status="issued", revoked_at=None, revocation_reason=None, invalidity_date=None)
             )
             if result.rowcount != 1:
                 raise Conflict(f"certificate {record.serial} changed concurrently", field="serial")
-            conn.execute(insert(revocations_t).values(
-                certificate_id=record.id, authority_id=self._authority_id(conn, authority), action="release",
-                reason="remove_from_crl", revoked_at=None, invalidity_date=None, actor=actor, recorded_at=utcnow(),
-            ))
+            conn.execute(
+                insert(revocations_t).values(
+                    certificate_id=record.id,
+                    authority_id=self._authority_id(conn, authority),
+                    action="release",
+                    reason="remove_from_crl",
+                    revoked_at=None,
+                    invalidity_date=None,
+                    actor=actor,
+                    recorded_at=utcnow(),
+                )
+            )
             self._audit(conn, actor, "certificate.release", authority, record.serial, {})
         return self.certificate(authority, record.serial)
 

@@ -31,8 +31,14 @@ def jpki_auth_common_name(municipality_code: str) -> str:
     return "".join(secrets.choice(_OPAQUE_ALPHABET) for _ in range(18)) + municipality_code[:5]
 
 
-def build_subject(profile: Profile, applicant: dict[str, Any], issuer: x509.Name, authority: str,
-                  issued_at: datetime, sequence: int) -> x509.Name:
+def build_subject(
+    profile: Profile,
+    applicant: dict[str, Any],
+    issuer: x509.Name,
+    authority: str,
+    issued_at: datetime,
+    sequence: int,
+) -> x509.Name:
     kind = profile.subject
     a = applicant
     if kind == "jpki-sign":

@@ -102,8 +102,9 @@ def _get(table: Mapping[str, Any], dotted: str) -> Any:
     return node
 
 
-def _string(raw: Mapping[str, Any], env: Mapping[str, str], key: str, env_name: str, default: str,
-            source: str) -> tuple[str, str]:
+def _string(
+    raw: Mapping[str, Any], env: Mapping[str, str], key: str, env_name: str, default: str, source: str
+) -> tuple[str, str]:
     """Return (value, where it came from) so errors name the right place."""
     if env.get(env_name):
         return env[env_name], f"environment variable {env_name}"
@@ -122,8 +123,9 @@ def _default_pkcs11_module() -> str:
     return SOFTHSM2_CANDIDATES[0]
 
 
-def load_settings(path: str | os.PathLike[str] | None = None,
-                  environ: Mapping[str, str] | None = None) -> Settings:
+def load_settings(
+    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
     """Load settings from ``path`` (or ``KAKUIN_CONFIG``, or ``$KAKUIN_HOME/kakuin.toml`` if present).
 
     Every value is validated here so that a bad setting stops start-up before any side effect.
@@ -152,43 +154,55 @@ def load_settings(path: str | os.PathLike[str] | None = None,
             home = Path(raw["home"]).resolve()
     _check_known_keys(raw, source)
 
-    database_url, db_src = _string(raw, env, "database.url", "KAKUIN_DATABASE_URL",
-                                   f"sqlite:///{home / 'kakuin.db'}", source)
+    database_url, db_src = _string(
+        raw, env, "database.url", "KAKUIN_DATABASE_URL", f"sqlite:///{home / 'kakuin.db'}", source
+    )
     if not database_url.startswith(("sqlite:", "postgresql:", "postgresql+psycopg:")):
-        raise ConfigError("database.url", db_src,
-                          f"unsupported database URL {database_url.split(':')[0]!r} "
-                          "(use sqlite:///PATH or postgresql+psycopg://...)")
+        raise ConfigError(
+            "database.url",
+            db_src,
+            f"unsupported database URL {database_url.split(':')[0]!r} "
+            "(use sqlite:///PATH or postgresql+psycopg://...)",
+        )
     if database_url.startswith("postgresql:"):
-        database_url = "postgresql+psycopg:" + database_url[len("postgresql:"):]
+        database_url = "postgresql+psycopg:" + database_url[len("postgresql:") :]
 
-    module, _ = _string(raw, env, "token.module", "KAKUIN_PKCS11_MODULE", _default_pkcs11_module(),
-                              source)
+    module, _ = _string(raw, env, "token.module", "KAKUIN_PKCS11_MODULE", _default_pkcs11_module(), source)
     label, _ = _string(raw, env, "token.label", "KAKUIN_TOKEN_LABEL", "kakuin", source)
     if len(label.encode()) > 32:
         raise ConfigError("token.label", source, "a PKCS#11 token label has at most 32 bytes")
     pin_env, _ = _string(raw, env, "token.pin_env", "KAKUIN_TOKEN_PIN_ENV", DEFAULT_PIN_ENV, source)
-    pin_file, _ = _string(raw, env, "token.pin_file", "KAKUIN_TOKEN_PIN_FILE", str(home / "token.pin"),
-                          source)
-    so_pin_file, _ = _string(raw, env, "token.so_pin_file", "KAKUIN_TOKEN_SO_PIN_FILE",
-                             str(home / "token.so.pin"), source)
+    pin_file, _ = _string(
+        raw, env, "token.pin_file", "KAKUIN_TOKEN_PIN_FILE", str(home / "token.pin"), source
+    )
+    so_pin_file, _ = _string(
+        raw, env, "token.so_pin_file", "KAKUIN_TOKEN_SO_PIN_FILE", str(home / "token.so.pin"), source
+    )
     softhsm_conf_value = env.get("SOFTHSM2_CONF") or _get(raw, "token.softhsm_conf")
     softhsm_conf = Path(softhsm_conf_value) if softhsm_conf_value else None
 
-    hierarchy, h_src = _string(raw, env, "ca.hierarchy", "KAKUIN_HIERARCHY",
-                               str(_package_file("hierarchy.toml")), source)
-    profiles, p_src = _string(raw, env, "ca.profiles", "KAKUIN_PROFILES",
-                              str(_package_file("profiles.toml")), source)
+    hierarchy, h_src = _string(
+        raw, env, "ca.hierarchy", "KAKUIN_HIERARCHY", str(_package_file("hierarchy.toml")), source
+    )
+    profiles, p_src = _string(
+        raw, env, "ca.profiles", "KAKUIN_PROFILES", str(_package_file("profiles.toml")), source
+    )
     for key, value, src in (("ca.hierarchy", hierarchy, h_src), ("ca.profiles", profiles, p_src)):
         if not Path(value).is_file():
             raise ConfigError(key, src, f"file {value} does not exist")
 
     crl_base, crl_src = _string(raw, env, "urls.crl", "KAKUIN_CRL_URL", "http://127.0.0.1:8082/crl", source)
-    ocsp_base, ocsp_src = _string(raw, env, "urls.ocsp", "KAKUIN_OCSP_URL", "http://127.0.0.1:8081/ocsp",
-                                  source)
-    issuers_base, iss_src = _string(raw, env, "urls.ca_issuers", "KAKUIN_CA_ISSUERS_URL",
-                                    "http://127.0.0.1:8082/ca", source)
-    for key, value, src in (("urls.crl", crl_base, crl_src), ("urls.ocsp", ocsp_base, ocsp_src),
-                            ("urls.ca_issuers", issuers_base, iss_src)):
+    ocsp_base, ocsp_src = _string(
+        raw, env, "urls.ocsp", "KAKUIN_OCSP_URL", "http://127.0.0.1:8081/ocsp", source
+    )
+    issuers_base, iss_src = _string(
+        raw, env, "urls.ca_issuers", "KAKUIN_CA_ISSUERS_URL", "http://127.0.0.1:8082/ca", source
+    )
+    for key, value, src in (
+        ("urls.crl", crl_base, crl_src),
+        ("urls.ocsp", ocsp_base, ocsp_src),
+        ("urls.ca_issuers", issuers_base, iss_src),
+    ):
         if not value.startswith(("http://", "https://")):
             raise ConfigError(key, src, f"expected an http:// or https:// URL, got {value!r}")
 
@@ -231,15 +245,19 @@ def _services(raw: Mapping[str, Any], env: Mapping[str, str], source: str) -> di
         try:
             port = int(port_value)
         except (TypeError, ValueError):
-            raise ConfigError(f"services.{name}.port", source, f"expected a port number, got {port_value!r}")\
-                from None
+            raise ConfigError(
+                f"services.{name}.port", source, f"expected a port number, got {port_value!r}"
+            ) from None
         if not 0 <= port <= 65535:
             raise ConfigError(f"services.{name}.port", source, f"port {port} is out of range")
         if not isinstance(workers, int) or workers < 1:
             raise ConfigError(f"services.{name}.workers", source, "expected a positive integer")
         if host not in _LOOPBACK and not entry.get("allow_non_loopback", False):
-            raise ConfigError(f"services.{name}.host", source,
-                              f"{host} is not a loopback address; set allow_non_loopback = true to mean it")
+            raise ConfigError(
+                f"services.{name}.host",
+                source,
+                f"{host} is not a loopback address; set allow_non_loopback = true to mean it",
+            )
         services[name] = ServiceSettings(host=str(host), port=port, workers=workers)
     return services
 

@@ -43,8 +43,12 @@ class TokenRSAPrivateKey(rsa.RSAPrivateKey):
     def label(self) -> str:
         return self.info.label
 
-    def sign(self, data: bytes, padding: padding.AsymmetricPadding,  # type: ignore[override]
-             algorithm: utils.Prehashed | hashes.HashAlgorithm) -> bytes:
+    def sign(  # type: ignore[override]
+        self,
+        data: bytes,
+        padding: padding.AsymmetricPadding,
+        algorithm: utils.Prehashed | hashes.HashAlgorithm,
+    ) -> bytes:
         if not isinstance(padding, _PKCS1v15):
             raise UnsupportedAlgorithm(f"token RSA keys sign with PKCS#1 v1.5, not {padding.name}")
         if isinstance(algorithm, utils.Prehashed):
@@ -89,8 +93,11 @@ class TokenECPrivateKey(ec.EllipticCurvePrivateKey):
     def label(self) -> str:
         return self.info.label
 
-    def sign(self, data: bytes,  # type: ignore[override]
-             signature_algorithm: ec.EllipticCurveSignatureAlgorithm) -> bytes:
+    def sign(
+        self,
+        data: bytes,  # type: ignore[override]
+        signature_algorithm: ec.EllipticCurveSignatureAlgorithm,
+    ) -> bytes:
         if not isinstance(signature_algorithm, ec.ECDSA):
             raise UnsupportedAlgorithm("token EC keys sign with ECDSA only")
         algorithm = signature_algorithm.algorithm
@@ -140,7 +147,7 @@ def key_for(token: Token, info: PublicKeyInfo) -> TokenPrivateKey:
     return TokenECPrivateKey(token, info)
 
 
-def signature_hash(key: TokenPrivateKey) -> hashes.HashAlgorithm:
+def signature_hash(key: TokenPrivateKey) -> hashes.SHA256 | hashes.SHA384:
     """The hash Kakuin pairs with a key: SHA-256, and SHA-384 for P-384 (RFC 5480 §4)."""
     if isinstance(key, TokenECPrivateKey) and key.key_size == 384:
         return hashes.SHA384()

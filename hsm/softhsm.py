@@ -55,7 +55,8 @@ def init_token(label: str, so_pin: str, pin: str) -> None:
     util = _softhsm_util()
     result = subprocess.run(
         [util, "--init-token", "--free", "--label", label, "--so-pin", so_pin, "--pin", pin],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     if result.returncode != 0:
         # softhsm2-util's messages do not contain the PINs.

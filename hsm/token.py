@@ -10,6 +10,7 @@ Why this shape (architecture.md, "Keys and signing"):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import threading
@@ -118,7 +119,13 @@ class Token:
         try:
             token = lib.get_token(token_label=self.label)
         except p11e.NoSuchToken:
-            raise TokenError(f"no PKCS#11 token labelled {self.label!r} in {self.module_path}") from None
+            # A token created after this process loaded the module (softhsm2-util, a new HSM
+            # partition) is only seen after C_Finalize + C_Initialize.
+            lib.reinitialize()
+            try:
+                token = lib.get_token(token_label=self.label)
+            except p11e.NoSuchToken:
+                raise TokenError(f"no PKCS#11 token labelled {self.label!r} in {self.module_path}") from None
         except p11e.MultipleTokensReturned:
             raise TokenError(f"more than one token labelled {self.label!r}") from None
         try:
@@ -134,10 +141,8 @@ class Token:
         session, self._session = self._session, None
         self._private_keys.clear()
         if session is not None:
-            try:
+            with contextlib.suppress(p11e.PKCS11Error):
                 session.close()
-            except p11e.PKCS11Error:
-                pass
 
     def reload(self) -> None:
         """Forget the library state, as after a token reset; the next call starts afresh."""
@@ -168,7 +173,8 @@ class Token:
     def labels(self) -> list[str]:
         def run(session: Any) -> list[str]:
             return sorted(
-                obj[Attribute.LABEL] for obj in session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY})
+                obj[Attribute.LABEL]
+                for obj in session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY})
             )
 
         return self.call(run)
@@ -178,7 +184,9 @@ class Token:
         key_id = secrets.token_bytes(16)
 
         def run(session: Any) -> PublicKeyInfo:
-            existing = list(session.get_objects({Attribute.LABEL: label, Attribute.CLASS: ObjectClass.PRIVATE_KEY}))
+            existing = list(
+                session.get_objects({Attribute.LABEL: label, Attribute.CLASS: ObjectClass.PRIVATE_KEY})
+            )
             if existing:
                 raise TokenError(f"the token already holds a key labelled {label!r}")
             private_template = {
@@ -190,13 +198,22 @@ class Token:
                 Attribute.DECRYPT: False,
                 Attribute.UNWRAP: False,
             }
-            public_template = {Attribute.TOKEN: True, Attribute.VERIFY: True, Attribute.ENCRYPT: False,
-                               Attribute.WRAP: False}
+            public_template: dict[Attribute, Any] = {
+                Attribute.TOKEN: True,
+                Attribute.VERIFY: True,
+                Attribute.ENCRYPT: False,
+                Attribute.WRAP: False,
+            }
             if spec.algorithm == "rsa":
                 public_template[Attribute.PUBLIC_EXPONENT] = b"\x01\x00\x01"
                 session.generate_keypair(
-                    KeyType.RSA, spec.size, id=key_id, label=label, store=True,
-                    public_template=public_template, private_template=private_template,
+                    KeyType.RSA,
+                    spec.size,
+                    id=key_id,
+                    label=label,
+                    store=True,
+                    public_template=public_template,
+                    private_template=private_template,
                 )
             else:
                 assert spec.curve is not None
@@ -204,8 +221,11 @@ class Token:
                     KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters(spec.curve)}, local=True
                 )
                 params.generate_keypair(
-                    id=key_id, label=label, store=True,
-                    public_template=public_template, private_template=private_template,
+                    id=key_id,
+                    label=label,
+                    store=True,
+                    public_template=public_template,
+                    private_template=private_template,
                 )
             return self._public_info(session, label)
 

@@ -76,8 +76,13 @@ def reports_errors(fn: F) -> F:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--config", "-c", envvar="KAKUIN_CONFIG", type=click.Path(dir_okay=False),
-              help="Settings file (TOML). Default: $KAKUIN_HOME/kakuin.toml if it exists.")
+@click.option(
+    "--config",
+    "-c",
+    envvar="KAKUIN_CONFIG",
+    type=click.Path(dir_okay=False),
+    help="Settings file (TOML). Default: $KAKUIN_HOME/kakuin.toml if it exists.",
+)
 @click.pass_context
 def main(click_ctx: click.Context, config: str | None) -> None:
     """Kakuin: a certificate authority for JPKI- and LGPKI-style public PKIs.
@@ -91,6 +96,7 @@ pass_state = click.make_pass_decorator(State)
 
 
 # -- set-up -------------------------------------------------------------------------------------
+
 
 @main.group()
 def hsm() -> None:
@@ -118,8 +124,10 @@ def hsm_init(state: State) -> None:
     """Create and initialize the SoftHSM2 token (PINs from the environment or new random PIN files)."""
     created = _init_token(state)
     settings = state.ctx.settings
-    click.echo(f"token {settings.token_label!r} {'created' if created else 'exists'} "
-               f"(module {settings.pkcs11_module}; PIN from ${settings.pin.env} or {settings.pin.file})")
+    click.echo(
+        f"token {settings.token_label!r} {'created' if created else 'exists'} "
+        f"(module {settings.pkcs11_module}; PIN from ${settings.pin.env} or {settings.pin.file})"
+    )
 
 
 @hsm.command("keys")
@@ -188,14 +196,17 @@ def _print_hierarchy(ctx: CAContext) -> None:
             authority = ctx.authorities.get(record.name)
             cert = authority.certificate
             flag = " [restricted]" if record.restricted else ""
-            click.echo(f"{'  ' * depth}{record.name:<14} {cert.subject.rfc4514_string()}  "
-                       f"({authority.generation.key_spec}, until {cert.not_valid_after_utc:%Y-%m-%d}){flag}")
+            click.echo(
+                f"{'  ' * depth}{record.name:<14} {cert.subject.rfc4514_string()}  "
+                f"({authority.generation.key_spec}, until {cert.not_valid_after_utc:%Y-%m-%d}){flag}"
+            )
             show(record.id, depth + 1)
 
     show(None, 0)
 
 
 # -- authorities -------------------------------------------------------------------------------
+
 
 @main.group()
 def ca() -> None:
@@ -232,10 +243,12 @@ def ca_show(state: State, name: str) -> None:
         f"certificates:  {', '.join(f'{k} {v}' for k, v in sorted(counts.items())) or 'none'}",
     ]
     for generation in ctx.store.key_generations(record.id):
-        lines.append(f"key g{generation.generation}:        {generation.key_spec} label {generation.key_label} "
-                     f"SKI {generation.key_identifier.hex(':')} serial {generation.serial} "
-                     f"{generation.not_before:%Y-%m-%d}..{generation.not_after:%Y-%m-%d}"
-                     f"{'' if generation.active else ' (retired)'}")
+        lines.append(
+            f"key g{generation.generation}:        {generation.key_spec} label {generation.key_label} "
+            f"SKI {generation.key_identifier.hex(':')} serial {generation.serial} "
+            f"{generation.not_before:%Y-%m-%d}..{generation.not_after:%Y-%m-%d}"
+            f"{'' if generation.active else ' (retired)'}"
+        )
     click.echo("\n".join(lines))
 
 
@@ -271,10 +284,13 @@ def profiles(state: State) -> None:
     """The certificate profiles and the authority that issues each."""
     for profile in state.ctx.profiles.values():
         keys = ",".join(k.name for k in profile.key_types)
-        click.echo(f"{profile.name:<20} v{profile.version}  {profile.authority:<12} {keys:<40} {profile.title}")
+        click.echo(
+            f"{profile.name:<20} v{profile.version}  {profile.authority:<12} {keys:<40} {profile.title}"
+        )
 
 
 # -- issuance ----------------------------------------------------------------------------------
+
 
 def _read_json(path: str, what: str) -> Any:
     try:
@@ -288,16 +304,33 @@ def _read_json(path: str, what: str) -> Any:
 @main.command()
 @click.option("--profile", "-p", help="Certificate profile (see `kakuin profiles`).")
 @click.option("--csr", type=click.Path(exists=True, dir_okay=False), help="PKCS#10 request, PEM or DER.")
-@click.option("--applicant", type=click.Path(dir_okay=False), help="Reviewed applicant data, JSON (docs/applicant-data.md).")
+@click.option(
+    "--applicant",
+    type=click.Path(dir_okay=False),
+    help="Reviewed applicant data, JSON (docs/applicant-data.md).",
+)
 @click.option("--authority", help="Issuing authority, for profiles any authority may issue.")
-@click.option("--batch", type=click.Path(exists=True, dir_okay=False),
-              help="Bulk issuance: one JSON object per line {profile, csr, applicant, authority}.")
+@click.option(
+    "--batch",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Bulk issuance: one JSON object per line {profile, csr, applicant, authority}.",
+)
 @click.option("--out", type=click.Path(dir_okay=False), help="With --batch: write the PEM certificates here.")
-@click.option("--batch-size", default=200, show_default=True, help="With --batch: certificates per transaction.")
+@click.option(
+    "--batch-size", default=200, show_default=True, help="With --batch: certificates per transaction."
+)
 @pass_state
 @reports_errors
-def issue(state: State, profile: str | None, csr: str | None, applicant: str | None, authority: str | None,
-          batch: str | None, out: str | None, batch_size: int) -> None:
+def issue(
+    state: State,
+    profile: str | None,
+    csr: str | None,
+    applicant: str | None,
+    authority: str | None,
+    batch: str | None,
+    out: str | None,
+    batch_size: int,
+) -> None:
     """Issue one certificate (PEM on stdout), or many with --batch."""
     ctx = state.ctx
     if batch:
@@ -309,8 +342,9 @@ def issue(state: State, profile: str | None, csr: str | None, applicant: str | N
         fail("--profile and --csr are needed (or --batch FILE)", 2)
     assert profile is not None and csr is not None
     data = _read_json(applicant, "--applicant") if applicant else None
-    request = IssuanceRequest(profile=profile, csr=Path(csr).read_bytes(), applicant=data, authority=authority,
-                              actor=actor())
+    request = IssuanceRequest(
+        profile=profile, csr=Path(csr).read_bytes(), applicant=data, authority=authority, actor=actor()
+    )
     result = ctx.issuer.issue(request)
     click.echo(result.pem, nl=False)
     click.echo(f"issued {result.profile} serial {result.serial} by {result.authority}", err=True)
@@ -342,8 +376,9 @@ def _issue_batch(ctx: CAContext, path: Path, out: Path | None, batch_size: int) 
             issued += 1
 
     try:
-        with click.progressbar(length=total, label="issuing", file=sys.stderr,
-                               show_pos=True, show_eta=True) as bar:
+        with click.progressbar(
+            length=total, label="issuing", file=sys.stderr, show_pos=True, show_eta=True
+        ) as bar:
             for number, entry in _batch_lines(path):
                 bar.update(1)
                 try:
@@ -351,9 +386,13 @@ def _issue_batch(ctx: CAContext, path: Path, out: Path | None, batch_size: int) 
                         raise KakuinError(f"not valid JSON ({entry})")
                     if not isinstance(entry, dict) or "profile" not in entry or "csr" not in entry:
                         raise KakuinError("expected an object with profile and csr")
-                    request = IssuanceRequest(profile=entry["profile"], csr=entry["csr"],
-                                              applicant=entry.get("applicant"), authority=entry.get("authority"),
-                                              actor=actor())
+                    request = IssuanceRequest(
+                        profile=entry["profile"],
+                        csr=entry["csr"],
+                        applicant=entry.get("applicant"),
+                        authority=entry.get("authority"),
+                        actor=actor(),
+                    )
                     prepared = ctx.issuer.prepare(request)
                 except KakuinError as exc:
                     refused.append(f"line {number}: {exc}")
@@ -370,12 +409,15 @@ def _issue_batch(ctx: CAContext, path: Path, out: Path | None, batch_size: int) 
     for line in refused:
         click.echo(f"refused {line}", err=True)
     rate = issued / seconds if seconds else 0.0
-    click.echo(f"issued {issued}, refused {len(refused)} of {total} in {seconds:.1f} s ({rate:.0f}/s)", err=True)
+    click.echo(
+        f"issued {issued}, refused {len(refused)} of {total} in {seconds:.1f} s ({rate:.0f}/s)", err=True
+    )
     if refused:
         sys.exit(1)
 
 
 # -- certificates and revocation ---------------------------------------------------------------
+
 
 @main.group()
 def cert() -> None:
@@ -393,8 +435,9 @@ def _find(ctx: CAContext, serial: str, authority: str | None) -> Any:
         raise KakuinError(f"no certificate with serial {serial}", field="serial")
     if len(matches) > 1:
         names = ", ".join(m.authority for m in matches)
-        raise KakuinError(f"serial {serial} exists under several authorities ({names}); add --authority",
-                          field="serial")
+        raise KakuinError(
+            f"serial {serial} exists under several authorities ({names}); add --authority", field="serial"
+        )
     return matches[0]
 
 
@@ -436,16 +479,24 @@ def cert_show(state: State, serial: str, authority: str | None, pem: bool) -> No
 def cert_list(state: State, authority: str | None, status: str | None, limit: int) -> None:
     """The newest certificates, one per line."""
     for record in state.ctx.store.certificates(authority, status, limit):
-        click.echo(f"{record.serial:<32} {record.authority:<12} {record.profile:<18} {record.status:<8} "
-                   f"{record.not_after:%Y-%m-%d}")
+        click.echo(
+            f"{record.serial:<32} {record.authority:<12} {record.profile:<18} {record.status:<8} "
+            f"{record.not_after:%Y-%m-%d}"
+        )
 
 
 @main.command()
 @click.argument("serial")
 @click.option("--authority", required=True, help="Issuing authority.")
-@click.option("--reason", required=True, help="RFC 5280 reason: unspecified, key-compromise, ca-compromise, "
-              "affiliation-changed, superseded, cessation-of-operation, certificate-hold, privilege-withdrawn.")
-@click.option("--invalidity-date", help="When the key is known or suspected to have been compromised (ISO 8601).")
+@click.option(
+    "--reason",
+    required=True,
+    help="RFC 5280 reason: unspecified, key-compromise, ca-compromise, "
+    "affiliation-changed, superseded, cessation-of-operation, certificate-hold, privilege-withdrawn.",
+)
+@click.option(
+    "--invalidity-date", help="When the key is known or suspected to have been compromised (ISO 8601)."
+)
 @pass_state
 @reports_errors
 def revoke(state: State, serial: str, authority: str, reason: str, invalidity_date: str | None) -> None:
@@ -463,12 +514,19 @@ def revoke(state: State, serial: str, authority: str, reason: str, invalidity_da
 
             invalidity = invalidity.replace(tzinfo=JST)
     try:
-        record = state.ctx.store.revoke(authority=authority, serial=serial, reason=stored_reason, actor=actor(),
-                                        invalidity_date=invalidity)
+        record = state.ctx.store.revoke(
+            authority=authority,
+            serial=serial,
+            reason=stored_reason,
+            actor=actor(),
+            invalidity_date=invalidity,
+        )
     except ValueError as exc:
         raise KakuinError(str(exc), field="serial") from None
-    click.echo(f"{record.status} {record.serial} ({record.revocation_reason}) at "
-               f"{record.revoked_at:%Y-%m-%d %H:%M:%S}Z")
+    click.echo(
+        f"{record.status} {record.serial} ({record.revocation_reason}) at "
+        f"{record.revoked_at:%Y-%m-%d %H:%M:%S}Z"
+    )
 
 
 @main.command()
@@ -493,8 +551,93 @@ def release(state: State, serial: str, authority: str) -> None:
 def audit(state: State, limit: int, action: str | None) -> None:
     """The newest audit events: who did what, when."""
     for event in state.ctx.store.audit_events(limit, action):
-        click.echo(f"{event.at:%Y-%m-%d %H:%M:%S}Z {event.actor:<20} {event.action:<26} "
-                   f"{event.authority or '-':<12} {event.serial or '-'} {json.dumps(event.detail, ensure_ascii=False)}")
+        click.echo(
+            f"{event.at:%Y-%m-%d %H:%M:%S}Z {event.actor:<20} {event.action:<26} "
+            f"{event.authority or '-':<12} {event.serial or '-'} {json.dumps(event.detail, ensure_ascii=False)}"
+        )
+
+
+# -- verifier registry -------------------------------------------------------------------------
+
+
+@main.group()
+def verifier() -> None:
+    """Relying parties registered for restricted (JPKI) revocation data."""
+
+
+@verifier.command("add")
+@click.argument("name")
+@click.option("--kind", required=True, type=click.Choice(["government", "platform", "service_provider"]))
+@click.option(
+    "--cert",
+    "cert_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="The verifier's TLS client / OCSP request-signing certificate (PEM or DER).",
+)
+@click.option(
+    "--authorities", default="", help="Comma-separated authorities whose revocation data it may see."
+)
+@click.option("--pinless", is_flag=True, help="Allowed to accept PIN-less user authentication (PINなし認証).")
+@click.option("--platform", help="For a service provider: the platform operator it is attached to.")
+@pass_state
+@reports_errors
+def verifier_add(
+    state: State, name: str, kind: str, cert_file: str, authorities: str, pinless: bool, platform: str | None
+) -> None:
+    """Register the verifier NAME with its certificate and permissions."""
+    from ca.verifiers import VerifierRegistry
+
+    data = Path(cert_file).read_bytes()
+    try:
+        certificate = (
+            x509.load_pem_x509_certificate(data)
+            if b"-----BEGIN" in data
+            else x509.load_der_x509_certificate(data)
+        )
+    except ValueError as exc:
+        raise KakuinError(f"not an X.509 certificate ({exc})", field="cert") from None
+    names = [a.strip() for a in authorities.split(",") if a.strip()]
+    record = VerifierRegistry(state.ctx.store).add(
+        name=name,
+        kind=kind,
+        certificate=certificate,
+        authorities=names,
+        pinless=pinless,
+        platform=platform,
+        actor=actor(),
+    )
+    click.echo(
+        f"registered {record.kind} {record.name} (sha256 {record.fingerprint}) for "
+        f"{', '.join(record.authorities) or 'no authority'}"
+    )
+
+
+@verifier.command("list")
+@pass_state
+@reports_errors
+def verifier_list(state: State) -> None:
+    """Every registered verifier with its permissions."""
+    from ca.verifiers import VerifierRegistry
+
+    for record in VerifierRegistry(state.ctx.store).all():
+        via = f" via {record.platform}" if record.platform else ""
+        click.echo(
+            f"{record.name:<24} {record.kind:<16} {record.state:<8} "
+            f"{','.join(record.authorities) or '-':<22} pinless={'yes' if record.pinless else 'no'}{via}"
+        )
+
+
+@verifier.command("disable")
+@click.argument("name")
+@pass_state
+@reports_errors
+def verifier_disable(state: State, name: str) -> None:
+    """Stop the verifier NAME at once (and the service providers attached to it)."""
+    from ca.verifiers import VerifierRegistry
+
+    record = VerifierRegistry(state.ctx.store).disable(name, actor())
+    click.echo(f"disabled {record.name}")
 
 
 if __name__ == "__main__":  # pragma: no cover

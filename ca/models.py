@@ -171,3 +171,27 @@ class Verifier(Base):
     state: Mapped[str] = mapped_column(String(16), default="active")  # active | disabled
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class SignedStatus(Base):
+    """A pre-signed OCSP answer for one certificate (and CertID hash algorithm), produced by the
+    OCSP pre-signer. It lives in the CA's schema because a revocation must delete it *in the same
+    transaction*: from the commit on, no stored answer can say "good" for that certificate."""
+
+    __tablename__ = "ocsp_responses"
+    __table_args__ = (
+        UniqueConstraint("certificate_id", "hash_algorithm", name="uq_ocsp_responses_cert_hash"),
+        Index("ix_ocsp_responses_lookup", "authority_id", "serial"),
+        Index("ix_ocsp_responses_next_update", "next_update"),
+    )
+
+    id: Mapped[int] = mapped_column(BigID, primary_key=True, autoincrement=True)
+    certificate_id: Mapped[int] = mapped_column(ForeignKey("certificates.id"))
+    authority_id: Mapped[int] = mapped_column(ForeignKey("authorities.id"))
+    serial: Mapped[str] = mapped_column(String(40))
+    hash_algorithm: Mapped[str] = mapped_column(String(16))  # CertID hash: sha1 | sha256
+    cert_status: Mapped[str] = mapped_column(String(16))  # good | revoked
+    der: Mapped[bytes] = mapped_column(LargeBinary)  # the whole OCSPResponse
+    this_update: Mapped[datetime] = mapped_column(UTCDateTime)
+    next_update: Mapped[datetime] = mapped_column(UTCDateTime)
+    produced_at: Mapped[datetime] = mapped_column(UTCDateTime)

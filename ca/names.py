@@ -46,3 +46,15 @@ def replace_common_name(name: x509.Name, common_name: str) -> x509.Name:
     rdns = [rdn for rdn in name.rdns if not any(a.oid == NameOID.COMMON_NAME for a in rdn)]
     rdns.append(x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
     return x509.Name(rdns)
+
+
+def display_name(name: x509.Name) -> str:
+    """A DN in the order it is encoded (C first), as JPKI and LGPKI documents write it."""
+    parts = []
+    for rdn in name.rdns:
+        for attribute in rdn:
+            short = next(
+                (k for k, v in ATTRIBUTES.items() if v == attribute.oid), attribute.oid.dotted_string
+            )
+            parts.append(f"{short}={attribute.value}")
+    return ", ".join(parts)

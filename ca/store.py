@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, func, insert, select, update
+from sqlalchemy import Table, and_, delete, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from ca.errors import AlreadyRevoked, Conflict, NotFound, Unavailable
-from ca.models import AuditEvent, Authority, Certificate, KeyGeneration, Revocation
+from ca.models import AuditEvent, Authority, Certificate, KeyGeneration, Revocation, SignedStatus
 from ca.timeutil import utcnow
 
 authorities_t = cast(Table, Authority.__table__)
@@ -26,6 +26,7 @@ keys_t = cast(Table, KeyGeneration.__table__)
 certs_t = cast(Table, Certificate.__table__)
 revocations_t = cast(Table, Revocation.__table__)
 audit_t = cast(Table, AuditEvent.__table__)
+signed_status_t = cast(Table, SignedStatus.__table__)
 
 
 @dataclass(frozen=True)
@@ -522,6 +523,8 @@ class Store(StoreReader):
             )
             if result.rowcount != 1:
                 raise AlreadyRevoked(f"certificate {record.serial} was revoked concurrently", field="serial")
+            # Any pre-signed "good" answer dies with this commit (architecture.md, "immediate revocation").
+            conn.execute(delete(signed_status_t).where(signed_status_t.c.certificate_id == record.id))
             conn.execute(
                 insert(revocations_t).values(
                     certificate_id=record.id,
@@ -559,6 +562,7 @@ class Store(StoreReader):
             )
             if result.rowcount != 1:
                 raise Conflict(f"certificate {record.serial} changed concurrently", field="serial")
+            conn.execute(delete(signed_status_t).where(signed_status_t.c.certificate_id == record.id))
             conn.execute(
                 insert(revocations_t).values(
                     certificate_id=record.id,

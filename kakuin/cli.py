@@ -7,72 +7,26 @@ reached.
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
-from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from ca.errors import KakuinError, Unavailable
+from ca.errors import KakuinError
 from ca.issuance import IssuanceRequest, PreparedIssuance
+from ca.names import display_name
 from ca.revocation import parse_reason
 from ca.service import CAContext
-from config import ConfigError, load_settings
-from hsm import TokenError
-from hsm.softhsm import ensure_conf, ensure_pin_file, init_token, token_exists
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-class State:
-    def __init__(self, config: str | None) -> None:
-        self.config_path = config
-        self._ctx: CAContext | None = None
-
-    @property
-    def ctx(self) -> CAContext:
-        if self._ctx is None:
-            settings = load_settings(self.config_path)
-            if "softhsm" in settings.pkcs11_module:
-                ensure_conf(settings.home, settings.softhsm_conf)
-            self._ctx = CAContext(settings)
-        return self._ctx
-
-
-def actor() -> str:
-    return f"cli:{getpass.getuser()}"
-
-
-def fail(message: str, status: int = 1) -> None:
-    click.echo(f"kakuin: error: {message}", err=True)
-    sys.exit(status)
-
-
-def reports_errors(fn: F) -> F:
-    """Turn the core's typed errors into one line on stderr and the documented exit status."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except ConfigError as exc:
-            fail(str(exc), 2)
-        except Unavailable as exc:
-            fail(str(exc), 3)
-        except KakuinError as exc:
-            fail(str(exc), 1)
-        except TokenError as exc:
-            fail(f"token: {exc}", 3)
-
-    return wrapper  # type: ignore[return-value]
+from hsm.softhsm import ensure_pin_file, init_token, token_exists
+from kakuin import crl_commands, ocsp_commands, ra_commands
+from kakuin.common import State, actor, fail, pass_state, reports_errors
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -90,9 +44,6 @@ def main(click_ctx: click.Context, config: str | None) -> None:
     Data lives in $KAKUIN_HOME (default ./var); see docs/operations.md.
     """
     click_ctx.obj = State(config)
-
-
-pass_state = click.make_pass_decorator(State)
 
 
 # -- set-up -------------------------------------------------------------------------------------
@@ -197,7 +148,7 @@ def _print_hierarchy(ctx: CAContext) -> None:
             cert = authority.certificate
             flag = " [restricted]" if record.restricted else ""
             click.echo(
-                f"{'  ' * depth}{record.name:<14} {cert.subject.rfc4514_string()}  "
+                f"{'  ' * depth}{record.name:<14} {display_name(cert.subject)}  "
                 f"({authority.generation.key_spec}, until {cert.not_valid_after_utc:%Y-%m-%d}){flag}"
             )
             show(record.id, depth + 1)
@@ -235,7 +186,7 @@ def ca_show(state: State, name: str) -> None:
     lines = [
         f"name:          {record.name}",
         f"title:         {record.title}",
-        f"subject:       {authority.certificate.subject.rfc4514_string()}",
+        f"subject:       {display_name(authority.certificate.subject)}",
         f"issuer:        {parent or '(self-signed root)'}",
         f"state:         {record.state}",
         f"restricted:    {'yes (revocation data for registered verifiers only)' if record.restricted else 'no'}",
@@ -638,6 +589,11 @@ def verifier_disable(state: State, name: str) -> None:
 
     record = VerifierRegistry(state.ctx.store).disable(name, actor())
     click.echo(f"disabled {record.name}")
+
+
+# Each service package's commands live in a module of their own and join the CLI here.
+for _module in (crl_commands, ocsp_commands, ra_commands):
+    _module.register(main)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -56,5 +56,6 @@ def display_name(name: x509.Name) -> str:
             short = next(
                 (k for k, v in ATTRIBUTES.items() if v == attribute.oid), attribute.oid.dotted_string
             )
-            parts.append(f"{short}={attribute.value}")
+            value = attribute.value
+            parts.append(f"{short}={value.decode() if isinstance(value, bytes) else value}")
     return ", ".join(parts)

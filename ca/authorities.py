@@ -89,26 +89,33 @@ class AuthorityRegistry:
         self._cache.clear()
 
 
+def ca_not_after(config: AuthorityConfig, issuer: LoadedAuthority | None, now: datetime) -> datetime:
+    """``validity_years`` from now (leap days included), never beyond the issuer's own certificate."""
+    not_after = now + timedelta(days=365 * config.validity_years + config.validity_years // 4)
+    if issuer is not None:
+        not_after = min(not_after, issuer.certificate.not_valid_after_utc)
+    return not_after
+
+
 def ca_certificate_builder(
     config: AuthorityConfig,
     public_key: CertificatePublicKeyTypes,
     issuer: LoadedAuthority | None,
     urls: URLs,
     now: datetime,
+    serial: int | None = None,
 ) -> x509.CertificateBuilder:
     """A CA certificate: keyCertSign+cRLSign and CA:TRUE, both critical; SKI method 1; AKI always
     (relying parties pick among key generations by it); subordinates carry policies, the parent's
     ARL distribution point and caIssuers."""
-    not_after = now + timedelta(days=365 * config.validity_years + config.validity_years // 4)
-    if issuer is not None:
-        not_after = min(not_after, issuer.certificate.not_valid_after_utc)
+    not_after = ca_not_after(config, issuer, now)
     ski = x509.SubjectKeyIdentifier.from_public_key(public_key)
     builder = (
         x509.CertificateBuilder()
         .subject_name(config.subject)
         .issuer_name(issuer.certificate.subject if issuer else config.subject)
         .public_key(public_key)
-        .serial_number(random_serial())
+        .serial_number(serial if serial is not None else random_serial())
         .not_valid_before(now)
         .not_valid_after(not_after)
     )
@@ -194,9 +201,23 @@ def ensure_hierarchy(registry: AuthorityRegistry, urls: URLs, actor: str = "kaku
         key = key_for(registry.token, info)
         parent = registry.get(config.parent) if config.parent else None
         now = utcnow()
-        builder = ca_certificate_builder(config, key.public_key(), parent, urls, now)
-        signer = parent.key if parent else key
-        certificate = builder.sign(signer, signature_hash(signer))
+        if parent is None:
+            builder = ca_certificate_builder(config, key.public_key(), None, urls, now)
+            certificate = builder.sign(key, signature_hash(key))
+        else:
+            serial = random_serial()
+            builder = ca_certificate_builder(config, key.public_key(), parent, urls, now, serial)
+            certificate = sign_recorded(
+                registry.store,
+                parent,
+                builder,
+                serial=serial,
+                subject=config.subject,
+                not_before=now,
+                not_after=ca_not_after(config, parent, now),
+                profile="ca-subordinate",
+                actor=actor,
+            )
         record = registry.store.add_authority(
             name=config.name,
             title=config.title,
@@ -229,3 +250,52 @@ def fingerprint(der: bytes) -> str:
 
 
 _DER = Encoding.DER
+
+
+CA_PARTITION = "arl"  # certificates of CAs are listed on the issuer's ARL (onlyContainsCACerts)
+
+
+def sign_recorded(
+    store: Store,
+    issuer: LoadedAuthority,
+    builder: x509.CertificateBuilder,
+    *,
+    serial: int,
+    subject: x509.Name,
+    not_before: datetime,
+    not_after: datetime,
+    profile: str,
+    actor: str,
+    partition: str = CA_PARTITION,
+) -> x509.Certificate:
+    """Sign a CA-level certificate (subordinate, cross, link) as a certificate *of the issuer*:
+    the same record-intent-then-sign path as end-entity issuance, so it can be revoked, listed on
+    the issuer's ARL and answered for by OCSP like any other. ``builder`` must carry the same
+    serial, subject and validity as given here."""
+    row = {
+        "authority_id": issuer.record.id,
+        "key_generation_id": issuer.generation.id,
+        "serial": normalize_serial(serial),
+        "profile": profile,
+        "profile_version": 1,
+        "subject": subject.rfc4514_string(),
+        "partition": partition,
+        "not_before": not_before,
+        "not_after": not_after,
+        "resident_key": None,
+        "application_id": None,
+    }
+    (cert_id,) = store.reserve([row])
+    try:
+        certificate = builder.sign(issuer.key, signature_hash(issuer.key))
+    except Exception as exc:
+        store.fail([cert_id], actor, issuer.name, type(exc).__name__)
+        raise
+    der = certificate.public_bytes(_DER)
+    store.complete(
+        [(cert_id, der, fingerprint(der))],
+        actor,
+        issuer.name,
+        [{"serial": row["serial"], "profile": profile, "subject": row["subject"]}],
+    )
+    return certificate

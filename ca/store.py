@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, bindparam, delete, func, insert, select, update
+from sqlalchemy import Table, and_, delete, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -27,20 +27,6 @@ certs_t = cast(Table, Certificate.__table__)
 revocations_t = cast(Table, Revocation.__table__)
 audit_t = cast(Table, AuditEvent.__table__)
 signed_status_t = cast(Table, SignedStatus.__table__)
-
-
-# Built once: only the reserved row still being signed is completed (or failed); a row revoked
-# meanwhile keeps its status.
-_COMPLETE = (
-    update(certs_t)
-    .where(and_(certs_t.c.id == bindparam("b_id"), certs_t.c.status == "signing"))
-    .values(status="issued", der=bindparam("b_der"), fingerprint=bindparam("b_fingerprint"))
-)
-_FAIL = (
-    update(certs_t)
-    .where(and_(certs_t.c.id == bindparam("b_id"), certs_t.c.status == "signing"))
-    .values(status="failed")
-)
 
 
 @dataclass(frozen=True)
@@ -424,21 +410,14 @@ class Store(StoreReader):
 
     def reserve(self, rows: Sequence[dict[str, Any]]) -> list[int]:
         """Record the intent to issue (status ``signing``) before the token signs: a worker killed
-        mid-issuance leaves a row that can be found and revoked, never a certificate nobody knows.
-
-        One multi-row INSERT … RETURNING for the whole batch (SQLAlchemy's "insertmanyvalues" on
-        SQLite and psycopg): a statement per row cost more than the token's signature for EC keys.
-        """
-        if not rows:
-            return []
+        mid-issuance leaves a row that can be found and revoked, never a certificate nobody knows."""
         now = utcnow()
-        params = [{**row, "status": "signing", "created_at": now} for row in rows]
+        ids: list[int] = []
         with self._begin() as conn:
             try:
-                result = conn.execute(
-                    insert(certs_t).returning(certs_t.c.id, sort_by_parameter_order=True), params
-                )
-                ids = [int(cert_id) for cert_id in result.scalars()]
+                for row in rows:
+                    result = conn.execute(insert(certs_t).values(status="signing", created_at=now, **row))
+                    ids.append(int(result.inserted_primary_key[0]))
             except IntegrityError as exc:
                 if "serial" in str(exc.orig).lower():
                     raise SerialCollision() from None
@@ -452,34 +431,35 @@ class Store(StoreReader):
         authority: str,
         audit_details: Sequence[dict[str, Any]],
     ) -> None:
-        """Store the signed DER of reserved rows and their audit events in one transaction
-        (one executemany per table, not two statements per certificate)."""
+        """Store the signed DER of reserved rows and their audit events in one transaction."""
         at = utcnow()
-        updates = []
-        events = []
-        for (cert_id, der, fingerprint), detail in zip(done, audit_details, strict=True):
-            updates.append({"b_id": cert_id, "b_der": der, "b_fingerprint": fingerprint})
-            events.append(
-                {
-                    "at": at,
-                    "actor": actor,
-                    "action": "certificate.issue",
-                    "authority": authority,
-                    "serial": detail["serial"],
-                    "detail": json.dumps(detail, ensure_ascii=False, sort_keys=True),
-                }
-            )
-        if not updates:
-            return
         with self._begin() as conn:
-            conn.execute(_COMPLETE, updates)
-            conn.execute(insert(audit_t), events)
+            for (cert_id, der, fingerprint), detail in zip(done, audit_details, strict=True):
+                conn.execute(
+                    update(certs_t)
+                    .where(and_(certs_t.c.id == cert_id, certs_t.c.status == "signing"))
+                    .values(status="issued", der=der, fingerprint=fingerprint)
+                )
+                conn.execute(
+                    insert(audit_t).values(
+                        at=at,
+                        actor=actor,
+                        action="certificate.issue",
+                        authority=authority,
+                        serial=detail["serial"],
+                        detail=json.dumps(detail, ensure_ascii=False, sort_keys=True),
+                    )
+                )
 
     def fail(self, cert_ids: Sequence[int], actor: str, authority: str, reason: str) -> None:
         """The token refused to sign: the reserved rows never became certificates."""
         with self._begin() as conn:
-            if cert_ids:
-                conn.execute(_FAIL, [{"b_id": cert_id} for cert_id in cert_ids])
+            for cert_id in cert_ids:
+                conn.execute(
+                    update(certs_t)
+                    .where(and_(certs_t.c.id == cert_id, certs_t.c.status == "signing"))
+                    .values(status="failed")
+                )
             self._audit(
                 conn,
                 actor,

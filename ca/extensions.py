@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
 
@@ -55,7 +56,27 @@ class ExtensionInput:
 
 
 def _key_usage(i: ExtensionInput) -> x509.Extension[x509.ExtensionType] | None:
-    return x509.Extension(x509.KeyUsage.oid, i.profile.key_usage_critical, i.profile.key_usage)
+    usage = i.profile.key_usage
+    if isinstance(i.public_key, ec.EllipticCurvePublicKey):
+        usage = without_encipherment(usage)
+    return x509.Extension(x509.KeyUsage.oid, i.profile.key_usage_critical, usage)
+
+
+def without_encipherment(usage: x509.KeyUsage) -> x509.KeyUsage:
+    """RFC 5480 §3: an EC key must not assert keyEncipherment or dataEncipherment (a profile that
+    offers them to RSA keys, as TLS servers and S/MIME do, still takes EC keys with ECDHE)."""
+    agreement = usage.key_agreement
+    return x509.KeyUsage(
+        digital_signature=usage.digital_signature,
+        content_commitment=usage.content_commitment,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=agreement,
+        key_cert_sign=usage.key_cert_sign,
+        crl_sign=usage.crl_sign,
+        encipher_only=usage.encipher_only if agreement else False,
+        decipher_only=usage.decipher_only if agreement else False,
+    )
 
 
 def _extended_key_usage(i: ExtensionInput) -> x509.Extension[x509.ExtensionType] | None:

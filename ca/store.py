@@ -237,6 +237,18 @@ class StoreReader:
         with self._connect() as conn:
             return [_certificate(r, r._mapping["authority_name"]) for r in conn.execute(query)]
 
+    def resident_certificates(self, resident_key: str) -> list[CertificateRecord]:
+        """Every certificate issued for one resident (by the keyed hash of their identifier),
+        oldest first: what a resident-change notice revokes and what links old to new."""
+        with self._connect() as conn:
+            rows = conn.execute(
+                select(certs_t, authorities_t.c.name.label("authority_name"))
+                .join(authorities_t, certs_t.c.authority_id == authorities_t.c.id)
+                .where(certs_t.c.resident_key == resident_key)
+                .order_by(certs_t.c.created_at, certs_t.c.id)
+            ).all()
+        return [_certificate(r, r._mapping["authority_name"]) for r in rows]
+
     def count_certificates(self, authority_id: int) -> dict[str, int]:
         with self._connect() as conn:
             rows = conn.execute(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, delete, func, insert, select, update
+from sqlalchemy import Table, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -27,6 +27,20 @@ certs_t = cast(Table, Certificate.__table__)
 revocations_t = cast(Table, Revocation.__table__)
 audit_t = cast(Table, AuditEvent.__table__)
 signed_status_t = cast(Table, SignedStatus.__table__)
+
+
+# Built once: only the reserved row still being signed is completed (or failed); a row revoked
+# meanwhile keeps its status.
+_COMPLETE = (
+    update(certs_t)
+    .where(and_(certs_t.c.id == bindparam("b_id"), certs_t.c.status == "signing"))
+    .values(status="issued", der=bindparam("b_der"), fingerprint=bindparam("b_fingerprint"))
+)
+_FAIL = (
+    update(certs_t)
+    .where(and_(certs_t.c.id == bindparam("b_id"), certs_t.c.status == "signing"))
+    .values(status="failed")
+)
 
 
 @dataclass(frozen=True)
@@ -422,18 +436,29 @@ class Store(StoreReader):
 
     def reserve(self, rows: Sequence[dict[str, Any]]) -> list[int]:
         """Record the intent to issue (status ``signing``) before the token signs: a worker killed
-        mid-issuance leaves a row that can be found and revoked, never a certificate nobody knows."""
+        mid-issuance leaves a row that can be found and revoked, never a certificate nobody knows.
+
+        One multi-row INSERT … RETURNING for the whole batch (SQLAlchemy's "insertmanyvalues" on
+        SQLite and psycopg): a statement per row cost more than the token's signature for EC keys.
+        The ids come back matched by serial, which is unique per issuer, so the database may
+        return them in any order (asking for parameter order makes SQLite insert row by row).
+        """
+        if not rows:
+            return []
         now = utcnow()
-        ids: list[int] = []
+        params = [{**row, "status": "signing", "created_at": now} for row in rows]
         with self._begin() as conn:
             try:
-                for row in rows:
-                    result = conn.execute(insert(certs_t).values(status="signing", created_at=now, **row))
-                    ids.append(int(result.inserted_primary_key[0]))
+                result = conn.execute(
+                    insert(certs_t).returning(certs_t.c.id, certs_t.c.authority_id, certs_t.c.serial),
+                    params,
+                )
+                by_serial = {(authority_id, serial): int(cert_id) for cert_id, authority_id, serial in result}
             except IntegrityError as exc:
                 if "serial" in str(exc.orig).lower():
                     raise SerialCollision() from None
                 raise
+        ids = [by_serial[(row["authority_id"], row["serial"])] for row in rows]
         return ids
 
     def complete(
@@ -443,35 +468,34 @@ class Store(StoreReader):
         authority: str,
         audit_details: Sequence[dict[str, Any]],
     ) -> None:
-        """Store the signed DER of reserved rows and their audit events in one transaction."""
+        """Store the signed DER of reserved rows and their audit events in one transaction
+        (one executemany per table, not two statements per certificate)."""
         at = utcnow()
+        updates = []
+        events = []
+        for (cert_id, der, fingerprint), detail in zip(done, audit_details, strict=True):
+            updates.append({"b_id": cert_id, "b_der": der, "b_fingerprint": fingerprint})
+            events.append(
+                {
+                    "at": at,
+                    "actor": actor,
+                    "action": "certificate.issue",
+                    "authority": authority,
+                    "serial": detail["serial"],
+                    "detail": json.dumps(detail, ensure_ascii=False, sort_keys=True),
+                }
+            )
+        if not updates:
+            return
         with self._begin() as conn:
-            for (cert_id, der, fingerprint), detail in zip(done, audit_details, strict=True):
-                conn.execute(
-                    update(certs_t)
-                    .where(and_(certs_t.c.id == cert_id, certs_t.c.status == "signing"))
-                    .values(status="issued", der=der, fingerprint=fingerprint)
-                )
-                conn.execute(
-                    insert(audit_t).values(
-                        at=at,
-                        actor=actor,
-                        action="certificate.issue",
-                        authority=authority,
-                        serial=detail["serial"],
-                        detail=json.dumps(detail, ensure_ascii=False, sort_keys=True),
-                    )
-                )
+            conn.execute(_COMPLETE, updates)
+            conn.execute(insert(audit_t), events)
 
     def fail(self, cert_ids: Sequence[int], actor: str, authority: str, reason: str) -> None:
         """The token refused to sign: the reserved rows never became certificates."""
         with self._begin() as conn:
-            for cert_id in cert_ids:
-                conn.execute(
-                    update(certs_t)
-                    .where(and_(certs_t.c.id == cert_id, certs_t.c.status == "signing"))
-                    .values(status="failed")
-                )
+            if cert_ids:
+                conn.execute(_FAIL, [{"b_id": cert_id} for cert_id in cert_ids])
             self._audit(
                 conn,
                 actor,

@@ -29,6 +29,8 @@ from ca.subjects import build_alt_names, build_subject
 from ca.timeutil import JST, utcnow
 from hsm import signature_hash
 
+NO_CRL_PARTITION = "none"  # municipality-partitioned authorities: certificates without a CRL DP
+
 
 @dataclass(frozen=True)
 class IssuanceRequest:
@@ -217,6 +219,10 @@ class Issuer:
         config = item.authority.config
         if config.partitioning == "municipality":
             code = item.applicant.get("municipality_code")
+            if code is None and not item.profile.crl_distribution_point:
+                # A certificate that names no CRL (the delegated OCSP responder's, ocsp-nocheck)
+                # belongs to no municipality's partition.
+                return NO_CRL_PARTITION
             if code is None:
                 raise PolicyRefused(
                     "authority partitions by municipality; the applicant data has no municipality_code",

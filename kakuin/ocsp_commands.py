@@ -1,9 +1,256 @@
-"""The `kakuin` commands of the ocsp service."""
+"""The `kakuin` commands of the OCSP service, and its part of `kakuin up`.
+
+`kakuin ocsp presign | responder-cert | purge-log | log` and `kakuin serve ocsp`; `kakuin up` runs the
+responder (granian by default, plus a gunicorn mTLS listener when ``[ocsp.tls]`` is set), the
+pre-signer on its schedule (which also renews responder certificates) and the query-log purge.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
+from datetime import timedelta
+
 import click
+
+from ca.service import CAContext
+from ca.timeutil import utcnow
+from kakuin import services
+from kakuin.common import State, actor, fail, pass_state, reports_errors
+
+
+def _settings(ctx: CAContext):  # type: ignore[no-untyped-def]
+    from ocsp.settings import load_ocsp_settings
+
+    return load_ocsp_settings(ctx.settings)
+
+
+def _check_authorities(ctx: CAContext, names: tuple[str, ...]) -> list[str] | None:
+    if not names:
+        return None
+    known = {record.name for record in ctx.store.authorities()}
+    for name in names:
+        if name not in known:
+            fail(f"--authority: no authority named {name!r} (known: {', '.join(sorted(known))})")
+    return list(names)
+
+
+def presign_once(ctx: CAContext, authorities: list[str] | None = None, quiet: bool = False) -> None:
+    from ocsp.presigner import presign
+
+    reports = presign(ctx, _settings(ctx), authorities, actor=actor() if not quiet else "kakuin up")
+    if quiet:
+        return
+    total_signed = sum(r.signed for r in reports)
+    total_seconds = sum(r.seconds for r in reports)
+    for r in reports:
+        skipped = f", {r.skipped} of an older CA key (answered live)" if r.skipped else ""
+        click.echo(
+            f"{r.authority:<14} due {r.due:>8}  signed {r.signed:>8} answers in {r.seconds:6.2f} s{skipped}"
+        )
+    rate = total_signed / total_seconds if total_seconds else 0.0
+    click.echo(f"signed {total_signed} answers in {total_seconds:.2f} s ({rate:,.0f}/s)")
+
+
+def purge_once(ctx: CAContext, days: int | None = None) -> int:
+    from ocsp.store import QueryLog
+
+    retention = days if days is not None else _settings(ctx).query_log_retention_days
+    return QueryLog(ctx.engine).purge(utcnow() - timedelta(days=retention))
 
 
 def register(main: click.Group) -> None:
-    """Add this service's commands to the `kakuin` group (none yet)."""
+    """Add `kakuin ocsp …` and `kakuin serve ocsp`; plug the responder and its jobs into `kakuin up`."""
+
+    @main.group("ocsp")
+    def ocsp_group() -> None:
+        """The OCSP responder: pre-signed answers, delegated responder certificates, the query log."""
+
+    @ocsp_group.command("presign")
+    @click.option("--authority", "-a", "authorities", multiple=True, help="Only this authority (repeatable).")
+    @pass_state
+    @reports_errors
+    def presign_command(state: State, authorities: tuple[str, ...]) -> None:
+        """Sign an answer for every live certificate whose stored answer is missing, stale (half its
+        validity gone) or out of date; renews responder certificates first when they need it."""
+        ctx = state.ctx
+        presign_once(ctx, _check_authorities(ctx, authorities))
+
+    @ocsp_group.command("responder-cert")
+    @click.option("--authority", "-a", "authorities", multiple=True, help="Only this authority (repeatable).")
+    @click.option(
+        "--renew", is_flag=True, help="Issue a new key and certificate even if the current one is fresh."
+    )
+    @click.option("--pem", is_flag=True, help="Print the current responder certificates as PEM.")
+    @pass_state
+    @reports_errors
+    def responder_cert(state: State, authorities: tuple[str, ...], renew: bool, pem: bool) -> None:
+        """Issue or renew the delegated OCSP responder certificate of each authority (key generated
+        in the token; id-kp-OCSPSigning, ocsp-nocheck); renewal happens by itself once less than
+        `ocsp.renew_fraction` of the lifetime is left."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        from ocsp.responders import ResponderKeys, ensure_responders
+
+        ctx = state.ctx
+        settings = _settings(ctx)
+        names = _check_authorities(ctx, authorities)
+        actions = ensure_responders(
+            ctx,
+            key_spec=settings.responder_key,
+            renew_fraction=settings.renew_fraction,
+            authorities=names,
+            force=renew,
+            actor=actor(),
+        )
+        if pem:
+            by_id = {r.id: r.name for r in ctx.store.authorities()}
+            now = utcnow()
+            for record in ResponderKeys(ctx.engine).all():
+                if (
+                    record.state == "active"
+                    and record.not_after > now
+                    and (names is None or by_id[record.authority_id] in names)
+                ):
+                    certificate = x509.load_der_x509_certificate(record.certificate_der)
+                    click.echo(certificate.public_bytes(Encoding.PEM).decode("ascii"), nl=False)
+            return
+        for action in actions:
+            click.echo(
+                f"{action.authority:<14} {action.action:<8} generation {action.generation} "
+                f"until {action.not_after:%Y-%m-%d %H:%M:%S}Z"
+            )
+
+    @ocsp_group.command("purge-log")
+    @click.option(
+        "--older-than-days",
+        type=click.IntRange(min=0),
+        help="Delete entries older than this (default: ocsp.query_log_retention_days).",
+    )
+    @pass_state
+    @reports_errors
+    def purge_log(state: State, older_than_days: int | None) -> None:
+        """Delete restricted-authority query log entries past their retention (personal data)."""
+        deleted = purge_once(state.ctx, older_than_days)
+        click.echo(f"deleted {deleted} query log entries")
+
+    @ocsp_group.command("log")
+    @click.option("--verifier", help="Only this verifier's queries.")
+    @click.option("--limit", default=50, show_default=True)
+    @pass_state
+    @reports_errors
+    def query_log(state: State, verifier: str | None, limit: int) -> None:
+        """The newest status queries to restricted authorities: verifier, certificate, answer, time
+        (for the data-protection officer; this is the only place they are shown)."""
+        from ca.verifiers import VerifierRegistry
+        from ocsp.store import QueryLog
+
+        ctx = state.ctx
+        registry = VerifierRegistry(ctx.store)
+        verifier_id = registry.get(verifier).id if verifier else None
+        names = {v.id: v.name for v in registry.all()}
+        authorities = {r.id: r.name for r in ctx.store.authorities()}
+        for entry in QueryLog(ctx.engine).entries(verifier_id, limit):
+            click.echo(
+                f"{entry.at:%Y-%m-%d %H:%M:%S}Z {names.get(entry.verifier_id, '?'):<20} "
+                f"{authorities.get(entry.authority_id, '?'):<12} {entry.serial:<32} {entry.cert_status:<8} {entry.via}"
+            )
+
+    serve = main.commands.get("serve")
+    if not isinstance(serve, click.Group):
+
+        @main.group("serve")
+        def serve_group() -> None:
+            """Run one service in the foreground (`kakuin up` runs them all)."""
+
+        serve = serve_group
+
+    @serve.command("ocsp")
+    @click.option(
+        "--server", type=click.Choice(["granian", "gunicorn"]), help="Default: ocsp.server (granian)."
+    )
+    @click.option("--host", help="Default: services.ocsp.host (127.0.0.1).")
+    @click.option("--port", type=int, help="Default: services.ocsp.port (8081).")
+    @click.option("--workers", type=click.IntRange(min=1), help="Default: services.ocsp.workers.")
+    @click.option("--tls", is_flag=True, help="Serve the mTLS listener of [ocsp.tls] (gunicorn) instead.")
+    @pass_state
+    @reports_errors
+    def serve_ocsp(
+        state: State, server: str | None, host: str | None, port: int | None, workers: int | None, tls: bool
+    ) -> None:
+        """Serve the OCSP responder in the foreground until interrupted."""
+        from ocsp.server import granian_argv, gunicorn_argv, server_environment
+
+        ctx = state.ctx
+        settings = _settings(ctx)
+        service = ctx.settings.services["ocsp"]
+        host = host or service.host
+        workers = workers or service.workers
+        if tls:
+            if settings.tls is None:
+                fail("--tls needs an [ocsp.tls] table (port, certificate, key, client_ca) in the settings", 2)
+            assert settings.tls is not None
+            argv = gunicorn_argv(host, port or settings.tls.port, workers, settings.tls)
+        elif (server or settings.server) == "gunicorn":
+            argv = gunicorn_argv(host, port or service.port, workers)
+        else:
+            argv = granian_argv(host, port or service.port, workers)
+        os.environ.update(server_environment(ctx.settings))
+        click.echo(f"serving ocsp on {'https' if tls else 'http'}://{host}:{argv_port(argv)}", err=True)
+        sys.stdout.flush()
+        os.execv(argv[0], argv)
+
+    services.LAUNCHERS.append(_launch_plain)
+    services.LAUNCHERS.append(_launch_tls)
+    services.JOBS.append(
+        services.Job("ocsp-presign", _presign_job, lambda ctx: _settings(ctx).presign_interval)
+    )
+    services.JOBS.append(
+        services.Job("ocsp-purge-log", _purge_job, lambda ctx: _settings(ctx).purge_interval)
+    )
+
+
+def argv_port(argv: list[str]) -> str:
+    if "--port" in argv:
+        return argv[argv.index("--port") + 1]
+    return argv[argv.index("--bind") + 1].rsplit(":", 1)[1]
+
+
+def _with_env(ctx: CAContext, argv: list[str]) -> list[str]:
+    from ocsp.server import server_environment
+
+    return ["/usr/bin/env", *(f"{k}={v}" for k, v in server_environment(ctx.settings).items()), *argv]
+
+
+def _launch_plain(ctx: CAContext) -> services.ServiceProcess:
+    from ocsp.server import granian_argv, gunicorn_argv
+
+    settings = _settings(ctx)
+    service = ctx.settings.services["ocsp"]
+    if settings.server == "gunicorn":
+        argv = gunicorn_argv(service.host, service.port, service.workers)
+    else:
+        argv = granian_argv(service.host, service.port, service.workers)
+    return services.ServiceProcess("ocsp", ctx.settings.ocsp_base_url, _with_env(ctx, argv))
+
+
+def _launch_tls(ctx: CAContext) -> services.ServiceProcess | None:
+    from ocsp.server import gunicorn_argv
+
+    settings = _settings(ctx)
+    if settings.tls is None:
+        return None
+    service = ctx.settings.services["ocsp"]
+    argv = gunicorn_argv(service.host, settings.tls.port, service.workers, settings.tls)
+    return services.ServiceProcess(
+        "ocsp-tls", f"https://{service.host}:{settings.tls.port}{settings.path_prefix}", _with_env(ctx, argv)
+    )
+
+
+def _presign_job(ctx: CAContext) -> None:
+    presign_once(ctx, quiet=True)
+
+
+def _purge_job(ctx: CAContext) -> None:
+    purge_once(ctx)

@@ -1,0 +1,155 @@
+"""OCSP requests (RFC 6960 §4.1) as the responder needs them.
+
+Parsed with asn1crypto: cryptography's ``load_der_ocsp_request`` raises ``NotImplementedError``
+for a request with more than one CertID, which RFC 6960 allows. Anything that is not a well-formed
+request becomes ``Malformed`` (answered ``malformedRequest``), never an exception to the server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from asn1crypto import core
+from asn1crypto import ocsp as asn1_ocsp
+
+from ocsp.der import cert_id as canonical_cert_id
+
+MAX_CERT_IDS = 20  # a bound on the work one message can ask for (Boulder: one; OpenSSL: unbounded)
+MAX_NONCE = 32  # RFC 8954 §2.1: Nonce ::= OCTET STRING (SIZE(1..32))
+HASH_NAMES = ("sha1", "sha256", "sha384", "sha512")
+
+
+class Malformed(Exception):
+    """The bytes are not an OCSP request Kakuin can answer; the message says why (for logs)."""
+
+
+@dataclass(frozen=True)
+class CertID:
+    hash_name: str  # sha1 | sha256 | sha384 | sha512
+    issuer_name_hash: bytes
+    issuer_key_hash: bytes
+    serial: int
+    raw: bytes  # the CertID exactly as the client encoded it: echoed in live answers
+
+    @property
+    def serial_hex(self) -> str | None:
+        """The serial as the store keeps it, or None for a value no certificate of ours can have
+        (zero, negative, longer than the 20 octets RFC 5280 §4.1.2.2 allows)."""
+        if self.serial <= 0 or self.serial.bit_length() > 160:
+            return None
+        return format(self.serial, "x")
+
+    @property
+    def canonical(self) -> bool:
+        """Encoded the way pre-signed answers encode it (NULL hash parameters, minimal serial)."""
+        return self.serial > 0 and self.raw == canonical_cert_id(
+            self.hash_name, self.issuer_name_hash, self.issuer_key_hash, self.serial
+        )
+
+
+@dataclass(frozen=True)
+class RequestSignature:
+    """optionalSignature (RFC 6960 §4.1.2): who signed, how, over which bytes."""
+
+    tbs: bytes
+    algorithm: str  # asn1crypto's signature_algo: rsassa_pkcs1v15 | ecdsa | rsassa_pss
+    hash_name: str
+    signature: bytes
+    certificates: tuple[bytes, ...]  # DER, in the order the client sent them
+
+
+@dataclass(frozen=True)
+class OCSPRequest:
+    cert_ids: tuple[CertID, ...]
+    nonce: bytes | None  # the nonce extension's extnValue, to echo byte for byte
+    signature: RequestSignature | None
+
+
+def parse_request(der: bytes) -> OCSPRequest:
+    try:
+        request = asn1_ocsp.OCSPRequest.load(der, strict=True)
+        tbs = request["tbs_request"]
+        if tbs["version"].native not in ("v1", None):
+            raise Malformed("unsupported request version")
+        cert_ids = tuple(_cert_id(item) for item in tbs["request_list"])
+        nonce = _nonce(tbs["request_extensions"])
+        for item in tbs["request_list"]:
+            _check_extensions(item["single_request_extensions"])
+        signature = _signature(request, tbs)
+    except Malformed:
+        raise
+    except (ValueError, TypeError, KeyError, OverflowError) as exc:
+        raise Malformed(f"not a DER OCSPRequest ({type(exc).__name__})") from None
+    if not cert_ids:
+        raise Malformed("the request lists no certificate")
+    if len(cert_ids) > MAX_CERT_IDS:
+        raise Malformed(f"more than {MAX_CERT_IDS} certificates in one request")
+    return OCSPRequest(cert_ids=cert_ids, nonce=nonce, signature=signature)
+
+
+def _cert_id(item: asn1_ocsp.Request) -> CertID:
+    req_cert = item["req_cert"]
+    algorithm = req_cert["hash_algorithm"]
+    name = algorithm["algorithm"].native
+    if name not in HASH_NAMES:
+        raise Malformed(f"unsupported CertID hash {name}")
+    parameters = algorithm["parameters"]
+    if parameters.native is not None:
+        raise Malformed("CertID hash parameters must be absent or NULL")
+    name_hash = req_cert["issuer_name_hash"].native
+    key_hash = req_cert["issuer_key_hash"].native
+    serial = req_cert["serial_number"].native
+    if not isinstance(name_hash, bytes) or not isinstance(key_hash, bytes) or not isinstance(serial, int):
+        raise Malformed("incomplete CertID")
+    return CertID(name, name_hash, key_hash, serial, req_cert.dump())
+
+
+def _nonce(extensions: asn1_ocsp.TBSRequestExtensions) -> bytes | None:
+    nonce = None
+    for extension in extensions:
+        extn_id = extension["extn_id"].dotted
+        if extn_id == "1.3.6.1.5.5.7.48.1.2":
+            value = extension["extn_value"].contents
+            inner = _octet_string_value(value)
+            # RFC 8954 §2.1; a bare value (pre-RFC 8954 clients) is measured the same way.
+            nonce_length = len(inner if inner is not None else value)
+            if not 1 <= nonce_length <= MAX_NONCE:
+                raise Malformed(f"nonce of {nonce_length} octets (RFC 8954: 1 to {MAX_NONCE})")
+            nonce = value
+        elif extension["critical"].native:
+            raise Malformed(f"unsupported critical request extension {extn_id}")
+    return nonce
+
+
+def _check_extensions(extensions: core.Sequence) -> None:
+    for extension in extensions:
+        if extension["critical"].native:
+            raise Malformed(f"unsupported critical extension {extension['extn_id'].dotted}")
+
+
+def _octet_string_value(value: bytes) -> bytes | None:
+    try:
+        parsed = core.OctetString.load(value, strict=True)
+    except (ValueError, TypeError):
+        return None
+    return bytes(parsed.native)
+
+
+def _signature(request: asn1_ocsp.OCSPRequest, tbs: asn1_ocsp.TBSRequest) -> RequestSignature | None:
+    optional = request["optional_signature"]
+    if optional.native is None:
+        return None
+    algorithm = optional["signature_algorithm"]
+    try:
+        signature_algo = algorithm.signature_algo
+        hash_name = algorithm.hash_algo
+    except ValueError as exc:
+        raise Malformed(f"unsupported request signature algorithm ({exc})") from None
+    certificates = tuple(cert.dump() for cert in optional["certs"]) if optional["certs"].native else ()
+    return RequestSignature(
+        tbs=tbs.dump(),
+        algorithm=signature_algo,
+        hash_name=hash_name,
+        signature=optional["signature"].native,
+        certificates=certificates,
+    )

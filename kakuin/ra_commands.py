@@ -1,9 +1,224 @@
-"""The `kakuin` commands of the ra service."""
+"""The `kakuin` commands of the registration authority: offices, accounts and their client
+certificates, and `kakuin serve ra`. Also plugs the RA into `kakuin up`.
+
+The first admin account can only be made here (nobody can call the API before an account and its
+certificate exist); everything after that is also possible through the API (docs/ra.md).
+"""
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
+
 import click
+
+from ca.errors import BadRequest, KakuinError
+from ca.service import CAContext
+from kakuin import services
+from kakuin.common import State, actor, fail, pass_state, reports_errors
+from registration.credentials import (
+    client_pkcs12,
+    ensure_server_credentials,
+    issue_client_certificate,
+    write_private,
+)
+from registration.residents import load_resident_hasher
+from registration.server import gunicorn_argv
+from registration.store import ROLES, RegistrationStore
+
+P12_PASSPHRASE_ENV = "KAKUIN_P12_PASSPHRASE"
+
+
+def _store(state: State) -> RegistrationStore:
+    return RegistrationStore(state.ctx.engine)
+
+
+def _launch_ra(ctx: CAContext) -> services.ServiceProcess:
+    """`kakuin up`: the RA under gunicorn on its loopback port, HTTPS with client certificates."""
+    load_resident_hasher(ctx.settings.home, create=True)
+    files = ensure_server_credentials(ctx, "kakuin up")
+    service = ctx.settings.services["ra"]
+    return services.ServiceProcess(
+        "ra", f"https://{service.host}:{service.port}/v1", gunicorn_argv(ctx, files)
+    )
+
+
+if _launch_ra not in services.LAUNCHERS:
+    services.LAUNCHERS.append(_launch_ra)
+
+
+def _read_passphrase(passphrase_file: str | None) -> bytes:
+    if passphrase_file:
+        try:
+            value = Path(passphrase_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise BadRequest(
+                f"cannot read {passphrase_file} ({exc.strerror})", field="passphrase-file"
+            ) from None
+    elif os.environ.get(P12_PASSPHRASE_ENV):
+        value = os.environ[P12_PASSPHRASE_ENV]
+    elif sys.stdin.isatty():
+        value = click.prompt("passphrase for the PKCS#12 file", hide_input=True, confirmation_prompt=True)
+    else:
+        raise BadRequest(
+            f"no passphrase: give --passphrase-file or set {P12_PASSPHRASE_ENV}", field="passphrase-file"
+        )
+    if len(value) < 8:
+        raise BadRequest("the passphrase needs at least 8 characters", field="passphrase-file")
+    return value.encode("utf-8")
 
 
 def register(main: click.Group) -> None:
-    """Add this service's commands to the `kakuin` group (none yet)."""
+    """Add `kakuin office …`, `kakuin account …` and `kakuin serve ra`."""
+
+    @main.group()
+    def office() -> None:
+        """Registration branch offices (登録分局)."""
+
+    @office.command("add")
+    @click.argument("code")
+    @click.option("--name", required=True, help="The office's name, e.g. 千代田区 区民課.")
+    @pass_state
+    @reports_errors
+    def office_add(state: State, code: str, name: str) -> None:
+        """Register the office CODE (letters, digits, hyphens; e.g. the reception office code)."""
+        if not code.replace("-", "").isalnum() or not code.isascii():
+            raise BadRequest("letters, digits and hyphens only", field="code")
+        record = _store(state).add_office(code, name, actor())
+        click.echo(f"added office {record.code} ({record.name})")
+
+    @office.command("list")
+    @pass_state
+    @reports_errors
+    def office_list(state: State) -> None:
+        """Every office."""
+        for record in _store(state).offices():
+            click.echo(f"{record.code:<16} {record.state:<8} {record.name}")
+
+    @main.group()
+    def account() -> None:
+        """Accounts of the registration authority and their client certificates."""
+
+    @account.command("add")
+    @click.argument("name")
+    @click.option("--role", required=True, type=click.Choice(ROLES), help="What the account may do.")
+    @click.option("--office", "office_code", help="The office of a clerk or reviewer.")
+    @pass_state
+    @reports_errors
+    def account_add(state: State, name: str, role: str, office_code: str | None) -> None:
+        """Create the account NAME; then give it a certificate with `kakuin account credential`."""
+        if not all(ch.isascii() and (ch.isalnum() or ch in "-_.@") for ch in name):
+            raise BadRequest("letters, digits and - _ . @ only", field="name")
+        record = _store(state).add_account(name, role, office_code, actor())
+        where = f" of office {record.office_code}" if record.office_code else ""
+        click.echo(f"added {record.role} {record.name}{where}")
+
+    @account.command("list")
+    @pass_state
+    @reports_errors
+    def account_list(state: State) -> None:
+        """Every account: role, office, state, certificate."""
+        for record in _store(state).accounts():
+            click.echo(
+                f"{record.name:<24} {record.role:<9} {record.office_code or '-':<16} {record.state:<8} "
+                f"{record.certificate_serial or '(no certificate)'}"
+            )
+
+    @account.command("disable")
+    @click.argument("name")
+    @pass_state
+    @reports_errors
+    def account_disable(state: State, name: str) -> None:
+        """Stop the account NAME at once: its next request is refused."""
+        record = _store(state).disable_account(name, actor())
+        click.echo(f"disabled {record.name}")
+
+    @account.command("credential")
+    @click.argument("name")
+    @click.option(
+        "--csr",
+        "csr_file",
+        type=click.Path(exists=True, dir_okay=False),
+        help="The person's CSR (PEM or DER).",
+    )
+    @click.option(
+        "--p12",
+        "p12_file",
+        type=click.Path(dir_okay=False),
+        help="Generate a key and write key + certificate here (PKCS#12).",
+    )
+    @click.option(
+        "--passphrase-file",
+        type=click.Path(dir_okay=False),
+        help=f"With --p12: the passphrase, from a file (or ${P12_PASSPHRASE_ENV}, or a prompt).",
+    )
+    @click.option(
+        "--out",
+        type=click.Path(dir_okay=False),
+        help="With --csr: write the certificate here instead of stdout.",
+    )
+    @pass_state
+    @reports_errors
+    def account_credential(
+        state: State,
+        name: str,
+        csr_file: str | None,
+        p12_file: str | None,
+        passphrase_file: str | None,
+        out: str | None,
+    ) -> None:
+        """Issue the client certificate of account NAME (operator CA, profile `client`); the
+        previous certificate of the account stops working."""
+        if bool(csr_file) == bool(p12_file):
+            fail("give exactly one of --csr FILE or --p12 FILE", 2)
+        store = _store(state)
+        record = store.account(name)
+        if csr_file:
+            if passphrase_file:
+                fail("--passphrase-file goes with --p12", 2)
+            issued = issue_client_certificate(state.ctx, store, record, Path(csr_file).read_bytes(), actor())
+            if out:
+                Path(out).write_text(issued.pem)
+            else:
+                click.echo(issued.pem, nl=False)
+        else:
+            assert p12_file is not None
+            passphrase = _read_passphrase(passphrase_file)
+            data, issued = client_pkcs12(state.ctx, store, record, passphrase, actor())
+            write_private(Path(p12_file), data)
+            click.echo(f"wrote {p12_file} (mode 0600)", err=True)
+        click.echo(f"issued client certificate {issued.serial} for {record.name}", err=True)
+
+    existing = main.commands.get("serve")
+    if isinstance(existing, click.Group):
+        serve = existing
+    else:
+
+        @main.group("serve")
+        def serve_group() -> None:
+            """Run one service in the foreground."""
+
+        serve = serve_group
+
+    @serve.command("ra")
+    @click.option("--port", type=int, help="Default: services.ra.port (8443).")
+    @click.option("--workers", type=int, help="gunicorn worker processes. Default: services.ra.workers.")
+    @click.option("--threads", type=int, default=4, show_default=True, help="Threads per worker.")
+    @pass_state
+    @reports_errors
+    def serve_ra(state: State, port: int | None, workers: int | None, threads: int) -> None:
+        """The registration authority API under gunicorn (HTTPS, client certificates required)."""
+        ctx = state.ctx
+        ctx.migrate()
+        load_resident_hasher(ctx.settings.home, create=True)
+        try:
+            files = ensure_server_credentials(ctx, actor())
+        except KakuinError as exc:
+            fail(f"{exc} (run `kakuin init` first)")
+            return
+        argv = gunicorn_argv(ctx, files, port=port, workers=workers, threads=threads)
+        service = ctx.settings.services["ra"]
+        click.echo(f"serving ra     https://{service.host}:{port or service.port}/v1", err=True)
+        sys.stdout.flush()
+        os.execv(argv[0], argv)

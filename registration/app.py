@@ -1,0 +1,651 @@
+"""The RA's HTTP edge: a Flask application factory, served by gunicorn over mutual TLS.
+
+Why the pieces are here and not in the service: this module only translates. It finds the TLS
+client certificate (gunicorn hands the worker's ``ssl.SSLSocket`` to the app as
+``environ["gunicorn.socket"]``; ``getpeercert(binary_form=True)`` is the DER the handshake
+verified against the operator CA), maps ``ca.errors`` to RFC 9457 problem documents, keeps the
+Idempotency-Key promise, counts for /metrics and logs one JSON line per request without personal
+data. Everything it decides about applications comes from ``registration.service``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+import uuid
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from flask import Flask, Response, g, request
+from werkzeug.exceptions import HTTPException
+
+from ca.errors import Forbidden, KakuinError, Unavailable
+from ca.service import CAContext
+from ca.store import CertificateRecord
+from ca.verifiers import VerifierRecord
+from config import load_settings
+from registration.metrics import Metrics
+from registration.openapi import openapi_document
+from registration.residents import load_resident_hasher
+from registration.service import Caller, RegistrationService
+from registration.store import (
+    AccountRecord,
+    ApplicationRecord,
+    RegistrationStore,
+    RevocationRequestRecord,
+    StoredAnswer,
+)
+
+PROBLEM = "application/problem+json"
+PROBLEM_BASE = "urn:kakuin:problem:"
+DEFAULT_MAX_BODY = 128 * 1024
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+
+log = logging.getLogger("kakuin.ra")
+
+
+class Problem(Exception):
+    """An HTTP-level problem that is not a CA error (no client certificate, bad JSON, …)."""
+
+    def __init__(self, status: int, kind: str, detail: str, field: str | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.kind, self.detail, self.field = status, kind, detail, field
+
+
+def problem_response(
+    status: int, kind: str, detail: str, field: str | None = None, title: str | None = None
+) -> Response:
+    body: dict[str, Any] = {
+        "type": PROBLEM_BASE + kind,
+        "title": title or kind.replace("-", " ").capitalize(),
+        "status": status,
+        "detail": detail,
+        "instance": request.path,
+    }
+    if field:
+        body["field"] = field
+        body["invalid-params"] = [{"name": field, "reason": detail}]
+    return Response(json.dumps(body, ensure_ascii=False), status=status, mimetype=PROBLEM)
+
+
+def json_response(data: Any, status: int = 200, location: str | None = None) -> Response:
+    response = Response(
+        json.dumps(data, ensure_ascii=False, default=str), status=status, mimetype="application/json"
+    )
+    if location:
+        response.headers["Location"] = location
+    return response
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line; callers put only non-personal fields in ``extra={"fields": …}``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+            "pid": os.getpid(),
+        }
+        entry.update(getattr(record, "fields", {}))
+        if record.exc_info and record.exc_info[0] is not None:
+            entry["error"] = record.exc_info[0].__name__  # the type only: messages may carry input
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging() -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(JSONFormatter())
+    handler.formatter.converter = time.gmtime  # type: ignore[union-attr]
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+# -- representations ----------------------------------------------------------------------------
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+def application_json(
+    app: ApplicationRecord, names: dict[int, str], reviews: list[Any] | None = None, full: bool = True
+) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "id": app.id,
+        "office": app.office_code,
+        "profile": app.profile,
+        "authority": app.authority,
+        "state": app.state,
+        "submitted_by": names.get(app.submitted_by),
+        "first_reviewer": names.get(app.first_reviewer) if app.first_reviewer else None,
+        "second_reviewer": names.get(app.second_reviewer) if app.second_reviewer else None,
+        "rejection_reason": app.rejection_reason,
+        "certificate": (
+            {
+                "authority": app.certificate_authority,
+                "serial": app.certificate_serial,
+                "href": f"/v1/applications/{app.id}/certificate",
+            }
+            if app.certificate_serial
+            else None
+        ),
+        "resident_linked": app.resident_key is not None,
+        "created_at": _iso(app.created_at),
+        "updated_at": _iso(app.updated_at),
+        "issued_at": _iso(app.issued_at),
+        "collected_at": _iso(app.collected_at),
+    }
+    if full:
+        data["applicant"] = app.applicant
+        data["reviews"] = [
+            {
+                "stage": r.stage,
+                "account": r.account,
+                "decision": r.decision,
+                "reason": r.reason,
+                "at": _iso(r.at),
+            }
+            for r in (reviews or [])
+        ]
+    return data
+
+
+def certificate_json(record: CertificateRecord, app: ApplicationRecord | None = None) -> dict[str, Any]:
+    return {
+        "authority": record.authority,
+        "serial": record.serial,
+        "profile": record.profile,
+        "status": record.status,
+        "subject": record.subject,
+        "not_before": _iso(record.not_before),
+        "not_after": _iso(record.not_after),
+        "revoked_at": _iso(record.revoked_at),
+        "revocation_reason": record.revocation_reason,
+        "sha256": record.fingerprint,
+        "application": app.id if app is not None else None,
+    }
+
+
+def revocation_request_json(req: RevocationRequestRecord, names: dict[int, str]) -> dict[str, Any]:
+    return {
+        "id": req.id,
+        "authority": req.authority,
+        "serial": req.serial,
+        "kind": req.kind,
+        "reason": req.reason,
+        "note": req.note,
+        "state": req.state,
+        "requested_by": names.get(req.requested_by),
+        "reviewed_by": names.get(req.reviewed_by) if req.reviewed_by else None,
+        "rejection_reason": req.rejection_reason,
+        "created_at": _iso(req.created_at),
+        "decided_at": _iso(req.decided_at),
+    }
+
+
+def account_json(account: AccountRecord) -> dict[str, Any]:
+    return {
+        "name": account.name,
+        "role": account.role,
+        "office": account.office_code,
+        "state": account.state,
+        "certificate_serial": account.certificate_serial,
+        "sha256": account.fingerprint,
+        "created_at": _iso(account.created_at),
+        "disabled_at": _iso(account.disabled_at),
+    }
+
+
+def verifier_json(v: VerifierRecord) -> dict[str, Any]:
+    return {
+        "name": v.name,
+        "kind": v.kind,
+        "platform": v.platform,
+        "sha256": v.fingerprint,
+        "subject": v.subject,
+        "authorities": list(v.authorities),
+        "pinless": v.pinless,
+        "state": v.state,
+        "created_at": _iso(v.created_at),
+    }
+
+
+# -- the application ----------------------------------------------------------------------------
+
+
+def create_app(ctx: CAContext | None = None, config: str | None = None) -> Flask:
+    """Build the RA app. Under gunicorn each worker calls this after the fork, so the token is
+    first touched in the worker (PKCS#11 sessions do not survive fork)."""
+    if ctx is None:
+        ctx = CAContext(load_settings(config))
+    settings = ctx.settings
+    options = (
+        settings.raw.get("registration", {}) if isinstance(settings.raw.get("registration", {}), dict) else {}
+    )
+    max_body = int(os.environ.get("KAKUIN_RA_MAX_BODY") or options.get("max_body_bytes", DEFAULT_MAX_BODY))
+    store = RegistrationStore(ctx.engine)
+    service = RegistrationService(ctx, store, load_resident_hasher(settings.home))
+    metrics = Metrics(store)
+    configure_logging()
+
+    app = Flask("registration")
+    app.config["MAX_CONTENT_LENGTH"] = max_body
+    app.extensions["kakuin.ra"] = service
+
+    # -- authentication, logging, metrics --------------------------------------------------------
+
+    @app.before_request
+    def authenticate() -> Response | None:
+        g.started = time.perf_counter()
+        g.request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
+        g.caller = None
+        sock = request.environ.get("gunicorn.socket")
+        der = None
+        if sock is not None and hasattr(sock, "getpeercert"):
+            der = sock.getpeercert(binary_form=True)
+        if not der:
+            return problem_response(
+                401,
+                "client-certificate-required",
+                "this service needs a TLS client certificate from the operator CA",
+            )
+        try:
+            g.caller = service.identify(der)
+        except KakuinError as exc:
+            return problem_response(exc.http_status, exc.kind, exc.detail, exc.field)
+        return None
+
+    @app.after_request
+    def record(response: Response) -> Response:
+        elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+        route = request.url_rule.rule if request.url_rule is not None else "(unmatched)"
+        metrics.observe(request.method, route, response.status_code, elapsed)
+        caller = g.get("caller")
+        response.headers["X-Request-Id"] = g.get("request_id", "")
+        log.info(
+            "request",
+            extra={
+                "fields": {
+                    "request_id": g.get("request_id"),
+                    "method": request.method,
+                    "route": route,
+                    "status": response.status_code,
+                    "ms": round(elapsed * 1000, 2),
+                    "account": caller.name if caller is not None else None,
+                }
+            },
+        )
+        return response
+
+    # -- errors --------------------------------------------------------------------------------
+
+    @app.errorhandler(KakuinError)
+    def kakuin_error(exc: KakuinError) -> Response:
+        return problem_response(exc.http_status, exc.kind, exc.detail, exc.field)
+
+    @app.errorhandler(Problem)
+    def problem(exc: Problem) -> Response:
+        return problem_response(exc.status, exc.kind, exc.detail, exc.field)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        kind = {404: "not-found", 405: "method-not-allowed", 413: "request-too-large"}.get(
+            status, "http-error"
+        )
+        detail = exc.description or ""
+        if status == 413:
+            detail = f"the request body is larger than {max_body} bytes"
+            _drain(request.environ.get("wsgi.input"))
+        response = problem_response(status, kind, detail, "body" if status == 413 else None, title=exc.name)
+        if status == 405 and exc.get_response().headers.get("Allow"):
+            response.headers["Allow"] = exc.get_response().headers["Allow"]
+        return response
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Response:
+        log.error("unexpected error", exc_info=exc, extra={"fields": {"request_id": g.get("request_id")}})
+        return problem_response(
+            500,
+            "internal-error",
+            f"the server failed ({type(exc).__name__}); request id {g.get('request_id')}",
+        )
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def caller() -> Caller:
+        return g.caller  # type: ignore[no-any-return]
+
+    def body() -> Any:
+        if not request.mimetype or request.mimetype != "application/json":
+            raise Problem(
+                415, "unsupported-media-type", "send the request body as application/json", "Content-Type"
+            )
+        raw = request.get_data(cache=True)
+        try:
+            return json.loads(raw) if raw else None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise Problem(400, "malformed-json", f"the body is not valid JSON ({exc})", "body") from None
+
+    def answer(view: Callable[..., Response]) -> Callable[..., Response]:
+        """Idempotency-Key on POST: the first answer is stored and replayed for the same key and
+        body; the same key with another body is refused (422); a key still being processed
+        answers 409. Keys are per account and kept 24 hours."""
+
+        @wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Response:
+            who = caller()
+            key = request.headers.get("Idempotency-Key")
+            if key is None:
+                return problem_response(
+                    400,
+                    "idempotency-key-required",
+                    "every POST needs an Idempotency-Key header",
+                    "Idempotency-Key",
+                )
+            if not _IDEMPOTENCY_KEY.fullmatch(key):
+                return problem_response(
+                    400, "bad-request", "1 to 255 printable ASCII characters", "Idempotency-Key"
+                )
+            if who is None or who.account is None:
+                return _run(view, args, kwargs)
+            digest = hashlib.sha256(
+                request.method.encode() + b" " + request.path.encode() + b"\n" + request.get_data(cache=True)
+            ).hexdigest()
+            claim_id, row = store.claim_idempotency_key(who.account.id, key, digest)
+            if row is not None:
+                if row["request_hash"] != digest:
+                    return problem_response(
+                        422,
+                        "idempotency-key-reused",
+                        "this Idempotency-Key was used with another request",
+                        "Idempotency-Key",
+                    )
+                if row["status"] is None:
+                    return problem_response(
+                        409,
+                        "idempotency-key-in-use",
+                        "a request with this Idempotency-Key is still being processed",
+                        "Idempotency-Key",
+                    )
+                replay = Response(row["body"], status=row["status"], mimetype=row["content_type"])
+                if row["location"]:
+                    replay.headers["Location"] = row["location"]
+                replay.headers["Idempotent-Replayed"] = "true"
+                return replay
+            assert claim_id is not None
+            try:
+                response = _run(view, args, kwargs)
+            except Exception:
+                store.release_idempotency_key(claim_id)
+                raise
+            if response.status_code >= 500:
+                store.release_idempotency_key(claim_id)
+            else:
+                store.complete_idempotency_key(
+                    claim_id,
+                    StoredAnswer(
+                        response.status_code,
+                        response.mimetype or "application/json",
+                        response.headers.get("Location"),
+                        response.get_data(as_text=True),
+                    ),
+                )
+            return response
+
+        return wrapper
+
+    def _run(view: Callable[..., Response], args: Any, kwargs: Any) -> Response:
+        try:
+            return view(*args, **kwargs)
+        except KakuinError as exc:
+            if isinstance(exc, Unavailable):
+                raise
+            return problem_response(exc.http_status, exc.kind, exc.detail, exc.field)
+        except Problem as exc:
+            return problem_response(exc.status, exc.kind, exc.detail, exc.field)
+
+    def show_application(app_record: ApplicationRecord, status: int = 200) -> Response:
+        ids = {
+            i for i in (app_record.submitted_by, app_record.first_reviewer, app_record.second_reviewer) if i
+        }
+        data = application_json(app_record, store.names_of(ids), store.reviews(app_record.id))
+        return json_response(data, status, f"/v1/applications/{app_record.id}" if status == 201 else None)
+
+    def query() -> dict[str, str]:
+        return {k: v for k, v in request.args.items()}
+
+    # -- service routes ------------------------------------------------------------------------
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        try:
+            store.ping()
+        except Unavailable as exc:
+            return json_response({"status": "unavailable", "detail": exc.detail}, 503)
+        return json_response({"status": "ok"})
+
+    @app.get("/metrics")
+    def metrics_view() -> Response:
+        return Response(
+            metrics.render(), mimetype="text/plain", content_type="text/plain; version=0.0.4; charset=utf-8"
+        )
+
+    @app.get("/v1/openapi.json")
+    def openapi() -> Response:
+        return json_response(openapi_document(max_body))
+
+    @app.get("/v1/me")
+    def me() -> Response:
+        who = caller()
+        if who.account is not None:
+            return json_response({"kind": "account", **account_json(who.account)})
+        if who.verifier is not None:
+            return json_response({"kind": "verifier", **verifier_json(who.verifier)})
+        raise Forbidden("this client certificate belongs to no account or verifier")
+
+    # -- applications --------------------------------------------------------------------------
+
+    @app.post("/v1/applications")
+    @answer
+    def submit() -> Response:
+        return show_application(service.submit(caller(), body()), 201)
+
+    @app.get("/v1/applications")
+    def list_applications() -> Response:
+        records, next_before = service.applications(caller(), query())
+        ids = {i for r in records for i in (r.submitted_by, r.first_reviewer, r.second_reviewer) if i}
+        names = store.names_of(ids)
+        return json_response(
+            {
+                "items": [application_json(r, names, full=False) for r in records],
+                "next": f"/v1/applications?{_next_query(query(), next_before)}" if next_before else None,
+            }
+        )
+
+    @app.get("/v1/applications/<int:app_id>")
+    def get_application(app_id: int) -> Response:
+        return show_application(service.application(caller(), app_id))
+
+    @app.post("/v1/applications/<int:app_id>/reviews")
+    @answer
+    def review(app_id: int) -> Response:
+        return show_application(service.review(caller(), app_id, body()))
+
+    @app.get("/v1/applications/<int:app_id>/certificate")
+    def collect(app_id: int) -> Response:
+        der = service.collect(caller(), app_id)
+        best = request.accept_mimetypes.best_match(
+            ["application/x-pem-file", "application/pkix-cert"], "application/x-pem-file"
+        )
+        if best == "application/pkix-cert":
+            return Response(der, mimetype="application/pkix-cert")
+        pem = x509.load_der_x509_certificate(der).public_bytes(Encoding.PEM)
+        return Response(pem, mimetype="application/x-pem-file")
+
+    # -- certificates --------------------------------------------------------------------------
+
+    @app.get("/v1/certificates/<authority>/<serial>")
+    def get_certificate(authority: str, serial: str) -> Response:
+        record, app_record = service.certificate(caller(), authority, serial)
+        return json_response(certificate_json(record, app_record))
+
+    @app.post("/v1/certificates/<authority>/<serial>/revoke")
+    @answer
+    def revoke(authority: str, serial: str) -> Response:
+        return json_response(certificate_json(service.operator_revoke(caller(), authority, serial, body())))
+
+    @app.post("/v1/certificates/<authority>/<serial>/release")
+    @answer
+    def release(authority: str, serial: str) -> Response:
+        return json_response(certificate_json(service.operator_release(caller(), authority, serial)))
+
+    @app.get("/v1/certificates/<authority>/<serial>/successor")
+    def successor(authority: str, serial: str) -> Response:
+        record = service.successor(caller(), authority, serial)
+        data = certificate_json(record)
+        data.pop("application")
+        assert record.der is not None
+        data["certificate"] = x509.load_der_x509_certificate(record.der).public_bytes(Encoding.PEM).decode()
+        return json_response(data)
+
+    # -- revocation requests -------------------------------------------------------------------
+
+    def show_request(req: RevocationRequestRecord, status: int = 200) -> Response:
+        names = store.names_of({i for i in (req.requested_by, req.reviewed_by) if i})
+        return json_response(
+            revocation_request_json(req, names),
+            status,
+            f"/v1/revocation-requests/{req.id}" if status == 201 else None,
+        )
+
+    @app.post("/v1/revocation-requests")
+    @answer
+    def file_request() -> Response:
+        return show_request(service.file_revocation_request(caller(), body()), 201)
+
+    @app.get("/v1/revocation-requests")
+    def list_requests() -> Response:
+        records, next_before = service.revocation_requests(caller(), query())
+        names = store.names_of({i for r in records for i in (r.requested_by, r.reviewed_by) if i})
+        return json_response(
+            {
+                "items": [revocation_request_json(r, names) for r in records],
+                "next": f"/v1/revocation-requests?{_next_query(query(), next_before)}"
+                if next_before
+                else None,
+            }
+        )
+
+    @app.get("/v1/revocation-requests/<int:req_id>")
+    def get_request(req_id: int) -> Response:
+        return show_request(service.revocation_request(caller(), req_id))
+
+    @app.post("/v1/revocation-requests/<int:req_id>/reviews")
+    @answer
+    def review_request(req_id: int) -> Response:
+        return show_request(service.review_revocation_request(caller(), req_id, body()))
+
+    # -- resident-change feed ------------------------------------------------------------------
+
+    @app.post("/v1/resident-events")
+    @answer
+    def resident_event() -> Response:
+        payload = body()
+        status, data = service.resident_event(caller(), payload, request.get_data(cache=True))
+        return json_response(data, status)
+
+    # -- registry administration ---------------------------------------------------------------
+
+    @app.get("/v1/offices")
+    def list_offices() -> Response:
+        caller().require("admin", "operator")
+        return json_response(
+            {
+                "items": [
+                    {"code": o.code, "name": o.name, "state": o.state, "created_at": _iso(o.created_at)}
+                    for o in store.offices()
+                ]
+            }
+        )
+
+    @app.post("/v1/offices")
+    @answer
+    def add_office() -> Response:
+        office = service.add_office(caller(), body())
+        return json_response(
+            {
+                "code": office.code,
+                "name": office.name,
+                "state": office.state,
+                "created_at": _iso(office.created_at),
+            },
+            201,
+            f"/v1/offices/{office.code}",
+        )
+
+    @app.get("/v1/accounts")
+    def list_accounts() -> Response:
+        caller().require("admin")
+        return json_response({"items": [account_json(a) for a in store.accounts()]})
+
+    @app.post("/v1/accounts")
+    @answer
+    def add_account() -> Response:
+        account = service.add_account(caller(), body())
+        return json_response(account_json(account), 201, f"/v1/accounts/{account.name}")
+
+    @app.post("/v1/accounts/<name>/disable")
+    @answer
+    def disable_account(name: str) -> Response:
+        return json_response(account_json(service.disable_account(caller(), name)))
+
+    @app.get("/v1/verifiers")
+    def list_verifiers() -> Response:
+        caller().require("admin")
+        return json_response({"items": [verifier_json(v) for v in service.verifiers.all()]})
+
+    @app.post("/v1/verifiers")
+    @answer
+    def add_verifier() -> Response:
+        record = service.add_verifier(caller(), body())
+        return json_response(verifier_json(record), 201, f"/v1/verifiers/{record.name}")
+
+    @app.post("/v1/verifiers/<name>/disable")
+    @answer
+    def disable_verifier(name: str) -> Response:
+        return json_response(verifier_json(service.disable_verifier(caller(), name)))
+
+    return app
+
+
+def _drain(stream: Any, limit: int = 8 * 1024 * 1024) -> None:
+    """Read (and drop) an oversize body, up to ``limit``, so the client, still sending, receives
+    the 413 instead of a reset connection; beyond the limit the connection is simply closed."""
+    if stream is None:
+        return
+    remaining = limit
+    try:
+        while remaining > 0:
+            chunk = stream.read(min(65536, remaining))
+            if not chunk:
+                return
+            remaining -= len(chunk)
+    except (OSError, ValueError):
+        return
+
+
+def _next_query(params: dict[str, str], before: int) -> str:
+    from urllib.parse import urlencode
+
+    return urlencode({**{k: v for k, v in params.items() if k != "before"}, "before": str(before)})

@@ -1,0 +1,63 @@
+"""How the RA runs: gunicorn on loopback over HTTPS, client certificates required.
+
+Why gunicorn's ``gthread`` worker: callers keep their TLS connection open between requests (a
+handshake per request would cost more than the request), and threads wait on the database while
+another thread of the same process signs; the token itself is serialized per process by
+``hsm.Token``'s lock and re-opened after fork. ``cert_reqs = CERT_REQUIRED`` with the operator CA
+as ``ca_certs``: a connection without a certificate from that CA never reaches the app.
+"""
+
+from __future__ import annotations
+
+import ssl
+import sys
+from pathlib import Path
+
+from ca.service import CAContext
+from registration.credentials import ServerFiles
+
+
+def gunicorn_argv(
+    ctx: CAContext,
+    files: ServerFiles,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    workers: int | None = None,
+    threads: int = 4,
+) -> list[str]:
+    service = ctx.settings.services["ra"]
+    source = ctx.settings.source
+    factory = "registration.app:create_app()"
+    if source != "built-in defaults" and Path(source).is_file():
+        factory = f"registration.app:create_app(config={str(Path(source).resolve())!r})"
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--bind",
+        f"{host or service.host}:{port if port is not None else service.port}",
+        "--workers",
+        str(workers or service.workers),
+        "--worker-class",
+        "gthread",
+        "--threads",
+        str(threads),
+        "--keep-alive",
+        "30",
+        "--graceful-timeout",
+        "10",
+        "--certfile",
+        str(files.certificate),
+        "--keyfile",
+        str(files.key),
+        "--ca-certs",
+        str(files.client_ca),
+        "--cert-reqs",
+        str(int(ssl.CERT_REQUIRED)),
+        "--log-level",
+        "warning",
+        "--name",
+        "kakuin-ra",
+        factory,
+    ]

@@ -77,6 +77,19 @@ class PublicKeyInfo:
     spki_der: bytes
 
 
+# C_Finalize + C_Initialize is process-wide: every session of every Token object in this process
+# dies with it, and the library hands the same handle numbers to new sessions, so a stale handle
+# would silently address *another token's* session (seen with SoftHSM2: a second token created in
+# the process made the first Token list and sign with the second token's keys). Each Token
+# remembers the initialization its session was opened under and reopens after any other.
+_initializations = [0]
+
+
+def _reinitialize(lib: Any) -> None:
+    lib.reinitialize()
+    _initializations[0] += 1
+
+
 class Token:
     """A logged-in PKCS#11 token found by label.
 
@@ -92,6 +105,7 @@ class Token:
         self._pid: int | None = None
         self._lib: Any = None
         self._session: Any = None
+        self._opened_under = -1
         self._private_keys: dict[str, Any] = {}
         self.reopen_count = 0
 
@@ -108,20 +122,24 @@ class Token:
             # A forked child: the parent's sessions are not ours (PKCS#11 v2.40 §6.7.7).
             self._session = None
             self._private_keys.clear()
-            self._lib.reinitialize()
+            _reinitialize(self._lib)
             self._pid = os.getpid()
         return self._lib
 
     def _open(self) -> Any:
         lib = self._library()
         if self._session is not None:
-            return self._session
+            if self._opened_under == _initializations[0]:
+                return self._session
+            # Another Token re-initialized the library: this handle is dead (or someone else's).
+            self._session = None
+            self._private_keys.clear()
         try:
             token = lib.get_token(token_label=self.label)
         except p11e.NoSuchToken:
             # A token created after this process loaded the module (softhsm2-util, a new HSM
             # partition) is only seen after C_Finalize + C_Initialize.
-            lib.reinitialize()
+            _reinitialize(lib)
             try:
                 token = lib.get_token(token_label=self.label)
             except p11e.NoSuchToken:
@@ -130,6 +148,7 @@ class Token:
             raise TokenError(f"more than one token labelled {self.label!r}") from None
         try:
             self._session = token.open(rw=True, user_pin=self._pin())
+            self._opened_under = _initializations[0]
         except p11e.PinIncorrect:
             raise TokenError(f"the PIN for token {self.label!r} is incorrect") from None
         except p11e.PinLocked:
@@ -149,7 +168,7 @@ class Token:
         with self._lock:
             self._drop_session()
             if self._lib is not None:
-                self._lib.reinitialize()
+                _reinitialize(self._lib)
 
     def call(self, fn: Callable[[Any], T]) -> T:
         """Run ``fn(session)`` under the process lock; reopen a dead session once and retry."""
@@ -160,7 +179,7 @@ class Token:
             except _RETRYABLE:
                 self._drop_session()
                 self.reopen_count += 1
-                self._lib.reinitialize()
+                _reinitialize(self._lib)
                 session = self._open()
                 return fn(session)
 

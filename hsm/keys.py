@@ -24,6 +24,13 @@ _RSA_MECHANISMS = {
     "sha512": Mechanism.SHA512_RSA_PKCS,
 }
 
+# DER of DigestInfo up to the digest (RFC 8017 §9.2 note 1).
+_DIGEST_INFO_PREFIXES = {
+    "sha256": bytes.fromhex("3031300d060960864801650304020105000420"),
+    "sha384": bytes.fromhex("3041300d060960864801650304020205000430"),
+    "sha512": bytes.fromhex("3051300d060960864801650304020305000440"),
+}
+
 
 def _refuse_export(*_args: Any, **_kwargs: Any) -> NoReturn:
     raise TypeError("a token key never leaves the token")
@@ -52,7 +59,13 @@ class TokenRSAPrivateKey(rsa.RSAPrivateKey):
         if not isinstance(padding, _PKCS1v15):
             raise UnsupportedAlgorithm(f"token RSA keys sign with PKCS#1 v1.5, not {padding.name}")
         if isinstance(algorithm, utils.Prehashed):
-            raise UnsupportedAlgorithm("token RSA keys hash inside the token; pre-hashed data is refused")
+            # A digest made on the host (a CRL of millions of entries is hashed as it streams, not
+            # handed to the token whole): the token pads a DigestInfo with CKM_RSA_PKCS, which
+            # gives the same PKCS#1 v1.5 signature as CKM_SHA*_RSA_PKCS over the data.
+            prefix = _DIGEST_INFO_PREFIXES.get(algorithm._algorithm.name)
+            if prefix is None or len(data) != algorithm.digest_size:
+                raise UnsupportedAlgorithm("pre-hashed data must be a SHA-256, SHA-384 or SHA-512 digest")
+            return self._token.sign(self.info.label, prefix + data, Mechanism.RSA_PKCS)
         mechanism = _RSA_MECHANISMS.get(algorithm.name)
         if mechanism is None:
             raise UnsupportedAlgorithm(f"hash {algorithm.name} is not allowed for CA signatures")

@@ -1,0 +1,327 @@
+"""Issuance benchmark: certificates per second beside the raw PKCS#11 signing rate of the same key.
+
+    python -m bench.issuance [--count N] [--batch 200] [--workers W] [--seconds S]
+                             [--no-postgres] [--no-cli]
+
+What it does, on a throwaway CA (temp KAKUIN_HOME, a new SoftHSM2 token with a random PIN,
+SQLite in the temp directory; a throwaway PostgreSQL cluster for the optional column):
+
+- pre-generates N CSRs per key type, outside the timing: RSA-2048 for ``jpki-auth`` (RSA-2048 CA
+  key) and EC P-256 for ``client`` (the operator CA, EC P-256 key), as JSON Lines in the format
+  of ``kakuin issue --batch``;
+- measures the raw signing rate of that CA key: ``Token.sign`` in a loop for S seconds, with the
+  mechanism and input size issuance uses (the floor, and the peer of the table), once before and
+  once after the issuance runs (the machine is shared; the mean is reported);
+- bulk issuance through ``ca.bulk.BulkIssuer`` (what ``kakuin issue --batch`` runs: parse,
+  ``Issuer.prepare``, ``Issuer.issue_prepared`` per batch of ``--batch``), on one process and on
+  W forked worker processes; every certificate is counted in the database afterwards;
+- single issuance, ``Issuer.issue`` one request at a time (two commits per certificate);
+- the real CLI end to end: ``kakuin issue --batch FILE --out /dev/null`` in a child process,
+  its wall time including start-up;
+- the same bulk run on PostgreSQL (fsync on), unless ``--no-postgres`` or not installed.
+
+The target (issue 3): bulk issuance ≥ 50 % of the raw signing rate of the same key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+from pkcs11 import Mechanism
+
+from bench.common import (
+    ca_environment,
+    machine_description,
+    peak_rss_mib,
+    postgres_bin,
+    rate,
+    table,
+    temp_ca,
+    temp_postgres,
+)
+from ca.bulk import BulkIssuer, request_from_line
+from ca.service import CAContext
+
+NAN = float("nan")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One CA key type: the authority, the profile it issues, how to make applicants and CSRs."""
+
+    key_type: str
+    authority: str
+    profile: str
+    mechanism: Mechanism
+    raw_input: bytes  # what the token signs per certificate: the TBS (RSA) or its digest (EC)
+
+    def applicant(self, i: int) -> dict[str, object]:
+        if self.profile == "jpki-auth":
+            return {"birth_date": "1985-07-15", "card_expiry": "2035-07-15", "municipality_code": "13101"}
+        return {"common_name": f"clerk-{i:06d}", "unit": "office 13101"}
+
+    def new_key(self) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
+        if self.key_type.startswith("RSA"):
+            return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        return ec.generate_private_key(ec.SECP256R1())
+
+
+CASES = (
+    # A jpki-auth TBS is ~1 kB; CKM_SHA256_RSA_PKCS hashes it in the token.
+    Case("RSA-2048", "jpki-auth", "jpki-auth", Mechanism.SHA256_RSA_PKCS, b"\x30" * 1000),
+    # SoftHSM2 has no CKM_ECDSA_SHA256: the host hashes, the token signs the 32-byte digest.
+    Case("EC P-256", "operator", "client", Mechanism.ECDSA, b"\x5a" * 32),
+)
+
+
+@dataclass
+class Result:
+    case: Case
+    raw: list[float] = field(default_factory=list)
+    raw_parallel: float = NAN
+    bulk_one: float = NAN
+    bulk_many: float = NAN
+    single: float = NAN
+    cli: float = NAN
+    postgres: float = NAN
+
+    @property
+    def raw_mean(self) -> float:
+        return sum(self.raw) / len(self.raw) if self.raw else NAN
+
+
+# -- inputs ---------------------------------------------------------------------------------------
+
+
+def batch_lines(case: Case, count: int) -> list[str]:
+    """``count`` JSON lines for ``kakuin issue --batch``; keys are reused (key generation is not
+    what is measured) but every CSR is signed anew and carries its own subject."""
+    keys = [case.new_key() for _ in range(min(count, 16 if case.key_type.startswith("RSA") else 64))]
+    lines = []
+    for i in range(count):
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"applicant {i}")]))
+            .sign(keys[i % len(keys)], hashes.SHA256())
+        )
+        pem = csr.public_bytes(serialization.Encoding.PEM).decode("ascii")
+        entry = {"profile": case.profile, "csr": pem, "applicant": case.applicant(i)}
+        lines.append(json.dumps(entry, ensure_ascii=False) + "\n")
+    return lines
+
+
+# -- measurements ---------------------------------------------------------------------------------
+
+
+def raw_rate(ctx: CAContext, case: Case, seconds: float) -> float:
+    label = ctx.authorities.get(case.authority).key.info.label
+    return rate(lambda: ctx.token.sign(label, case.raw_input, case.mechanism), seconds)
+
+
+_PARALLEL: tuple[CAContext, Case, float] | None = None
+
+
+def _raw_in_child() -> float:
+    assert _PARALLEL is not None
+    ctx, case, seconds = _PARALLEL
+    return raw_rate(ctx, case, seconds)
+
+
+def raw_rate_parallel(ctx: CAContext, case: Case, seconds: float, processes: int) -> float:
+    """The token's rate with ``processes`` forked processes signing at once, each with its own
+    session (the ceiling a process pool could reach)."""
+    global _PARALLEL
+    _PARALLEL = (ctx, case, seconds)
+    try:
+        with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork")) as pool:
+            futures = [pool.submit(_raw_in_child) for _ in range(processes)]
+            return sum(f.result() for f in futures)
+    finally:
+        _PARALLEL = None
+
+
+def issued_count(ctx: CAContext, case: Case) -> int:
+    record = ctx.store.authority(case.authority)
+    return ctx.store.count_certificates(record.id).get("issued", 0)
+
+
+def bulk_rate(ctx: CAContext, case: Case, lines: list[str], batch: int, workers: int) -> float:
+    before = issued_count(ctx, case)
+    bulk = BulkIssuer(ctx, actor="bench", batch_size=batch, workers=workers)
+    started = time.perf_counter()
+    issued = refused = 0
+    for outcome in bulk.run(lines):
+        issued += len(outcome.issued)
+        refused += len(outcome.refused)
+    seconds = time.perf_counter() - started
+    stored = issued_count(ctx, case) - before
+    if refused or issued != len(lines) or stored != len(lines):
+        raise SystemExit(
+            f"bench: {case.key_type} bulk run issued {issued}, refused {refused}, stored {stored} "
+            f"of {len(lines)}: the benchmark is wrong, not slow"
+        )
+    return len(lines) / seconds
+
+
+def single_rate(ctx: CAContext, case: Case, lines: list[str], seconds: float) -> float:
+    """``Issuer.issue`` one request at a time, for about ``seconds`` (two commits per certificate)."""
+    requests = [request_from_line(line, "bench") for line in lines]
+    started = time.perf_counter()
+    done = 0
+    for request in requests:
+        ctx.issuer.issue(request)
+        done += 1
+        if time.perf_counter() - started >= seconds:
+            break
+    return done / (time.perf_counter() - started)
+
+
+def cli_rate(ctx: CAContext, lines: list[str], batch: int, workers: int) -> float:
+    """``kakuin issue --batch`` in a child process: wall time including interpreter start-up."""
+    kakuin = shutil.which("kakuin", path=str(Path(sys.executable).parent)) or shutil.which("kakuin")
+    if kakuin is None:
+        return NAN
+    with tempfile.NamedTemporaryFile("w", suffix=".jsonl", encoding="utf-8", delete=False) as handle:
+        handle.writelines(lines)
+        path = handle.name
+    try:
+        command = [kakuin, "issue", "--batch", path, "--out", os.devnull, "--batch-size", str(batch)]
+        if _cli_has_workers(kakuin):
+            command += ["--workers", str(workers)]
+        started = time.perf_counter()
+        result = subprocess.run(command, env=ca_environment(ctx), capture_output=True, text=True)
+        seconds = time.perf_counter() - started
+    finally:
+        os.unlink(path)
+    if result.returncode != 0:
+        last = result.stderr.strip().splitlines()[-1:] or ["(no message)"]
+        print(f"bench: kakuin issue --batch failed: {last[0]}", file=sys.stderr)
+        return NAN
+    return len(lines) / seconds
+
+
+def _cli_has_workers(kakuin: str) -> bool:
+    help_text = subprocess.run([kakuin, "issue", "--help"], capture_output=True, text=True).stdout
+    return "--workers" in help_text
+
+
+# -- the run --------------------------------------------------------------------------------------
+
+
+def measure(
+    ctx: CAContext, case: Case, lines: list[str], args: argparse.Namespace, log: Callable[[str], None]
+) -> Result:
+    result = Result(case)
+    result.raw.append(raw_rate(ctx, case, args.seconds))
+    log(f"{case.key_type}: raw {result.raw[-1]:,.0f} sig/s")
+    if args.workers > 1:
+        result.raw_parallel = raw_rate_parallel(ctx, case, args.seconds, args.workers)
+        log(f"{case.key_type}: raw, {args.workers} processes {result.raw_parallel:,.0f} sig/s")
+    result.bulk_one = bulk_rate(ctx, case, lines, args.batch, 1)
+    log(f"{case.key_type}: bulk, 1 process {result.bulk_one:,.0f}/s")
+    if args.workers > 1:
+        result.bulk_many = bulk_rate(ctx, case, lines, args.batch, args.workers)
+        log(f"{case.key_type}: bulk, {args.workers} processes {result.bulk_many:,.0f}/s")
+    result.single = single_rate(ctx, case, lines, args.seconds)
+    log(f"{case.key_type}: single {result.single:,.0f}/s")
+    if not args.no_cli:
+        result.cli = cli_rate(ctx, lines, args.batch, args.workers)
+        log(f"{case.key_type}: kakuin issue --batch {result.cli:,.0f}/s")
+    result.raw.append(raw_rate(ctx, case, args.seconds))
+    log(f"{case.key_type}: raw again {result.raw[-1]:,.0f} sig/s")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.issuance", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=6000, help="certificates per bulk run and key type")
+    parser.add_argument("--batch", type=int, default=200, help="certificates per transaction")
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="worker processes for the pool runs"
+    )
+    parser.add_argument("--seconds", type=float, default=2.0, help="length of each raw-signing loop")
+    parser.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL column")
+    parser.add_argument("--no-cli", action="store_true", help="skip the kakuin CLI column")
+    parser.add_argument("--quiet", action="store_true", help="print only the table")
+    args = parser.parse_args(argv)
+
+    def log(message: str) -> None:
+        if not args.quiet:
+            print(f"  {message}", file=sys.stderr, flush=True)
+
+    log("generating CSRs (not timed)")
+    inputs = {case.key_type: batch_lines(case, args.count) for case in CASES}
+    results: dict[str, Result] = {}
+    with temp_ca() as ctx:
+        log(f"CA ready in {ctx.settings.home} (SQLite)")
+        for case in CASES:
+            results[case.key_type] = measure(ctx, case, inputs[case.key_type], args, log)
+    if not args.no_postgres and postgres_bin() is not None:
+        with temp_postgres() as new_database, temp_ca(new_database()) as ctx:
+            log("CA ready on PostgreSQL")
+            for case in CASES:
+                results[case.key_type].postgres = bulk_rate(
+                    ctx, case, inputs[case.key_type], args.batch, args.workers
+                )
+                log(f"{case.key_type}: bulk on PostgreSQL {results[case.key_type].postgres:,.0f}/s")
+
+    w = args.workers
+    headers = [
+        "CA key",
+        "raw sig/s",
+        f"raw sig/s, {w} proc",
+        "bulk/s, 1 proc",
+        f"bulk/s, {w} proc",
+        "single/s",
+        "`issue --batch`/s",
+        f"bulk {w} proc / raw",
+        f"bulk {w} proc, PostgreSQL",
+    ]
+    rows = []
+    for case in CASES:
+        r = results[case.key_type]
+        best = r.bulk_many if r.bulk_many == r.bulk_many else r.bulk_one
+        ratio = f"{best / r.raw_mean:.0%}" if r.raw_mean == r.raw_mean else "–"
+        rows.append(
+            [
+                f"{case.key_type} ({case.authority}, {case.profile})",
+                r.raw_mean,
+                r.raw_parallel,
+                r.bulk_one,
+                r.bulk_many,
+                r.single,
+                r.cli,
+                ratio,
+                r.postgres,
+            ]
+        )
+    print()
+    print(machine_description())
+    print(
+        f"{args.count} certificates per bulk run, batches of {args.batch}, SQLite (WAL, synchronous=FULL) "
+        f"unless stated; raw = Token.sign in a loop, mean of a run before and after; peak RSS of the "
+        f"benchmark process {peak_rss_mib():.0f} MiB"
+    )
+    print()
+    print(table(headers, rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

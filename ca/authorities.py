@@ -11,14 +11,14 @@ from datetime import datetime, timedelta
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from ca.errors import NotFound
 from ca.extensions import IssuerView, URLs, authority_key_identifier
 from ca.hierarchy import AuthorityConfig, HierarchyConfig
 from ca.store import AuthorityRecord, KeyGenerationRecord, Store, normalize_serial
 from ca.timeutil import utcnow
-from hsm import Token, TokenError, TokenPrivateKey, key_for, signature_hash
+from hsm import KeySpec, PublicKeyInfo, Token, TokenError, TokenPrivateKey, key_for, signature_hash
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class AuthorityRegistry:
             return cached
         record = self.store.authority(name)
         config = self.hierarchy.authorities.get(name)
-        if config is None:
+        if config is None and record.state == "active":
             raise NotFound(
                 f"authority {name!r} is in the database but not in {self.hierarchy.source}", field="authority"
             )
@@ -74,19 +74,55 @@ class AuthorityRegistry:
         if not generations:
             raise NotFound(f"authority {name!r} has no active key", field="authority")
         generation = generations[-1]
-        info = self.token.public_info(generation.key_label)
-        loaded = LoadedAuthority(
-            record,
-            config,
-            generation,
-            x509.load_der_x509_certificate(generation.certificate_der),
-            key_for(self.token, info),
-        )
+        certificate = x509.load_der_x509_certificate(generation.certificate_der)
+        if config is None:
+            # An imported legacy CA, or a terminated one dropped from the configuration: it issues
+            # nothing, but its status is still served, so it loads from what the store holds.
+            config = _stored_config(record, generation, certificate)
+        if generation.key_label.startswith(EXTERNAL_KEY_PREFIX):
+            # A legacy CA whose key stayed outside the token: signing with it fails, naming the label.
+            info = PublicKeyInfo(
+                generation.key_label,
+                b"",
+                KeySpec.parse(generation.key_spec),
+                certificate.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo),
+            )
+        else:
+            info = self.token.public_info(generation.key_label)
+        loaded = LoadedAuthority(record, config, generation, certificate, key_for(self.token, info))
         self._cache[name] = loaded
         return loaded
 
     def forget(self) -> None:
         self._cache.clear()
+
+
+EXTERNAL_KEY_PREFIX = "external:"  # key label of a legacy CA whose private key is not in the token
+
+
+def _stored_config(
+    record: AuthorityRecord, generation: KeyGenerationRecord, certificate: x509.Certificate
+) -> AuthorityConfig:
+    try:
+        path_length = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length
+    except x509.ExtensionNotFound:
+        path_length = None
+    years = max(1, min(30, (certificate.not_valid_after_utc - certificate.not_valid_before_utc).days // 365))
+    return AuthorityConfig(
+        name=record.name,
+        title=record.title,
+        subject=certificate.subject,
+        parent=None,
+        key=KeySpec.parse(generation.key_spec),
+        validity_years=years,
+        restricted=record.restricted,
+        partitioning=record.partitioning,
+        alt_name=None,
+        crl_dp_directory=None,
+        policies=(),
+        cps_uri=None,
+        path_length=path_length,
+    )
 
 
 def ca_not_after(config: AuthorityConfig, issuer: LoadedAuthority | None, now: datetime) -> datetime:

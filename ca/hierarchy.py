@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
 
+from ca.crossconfig import CrossConfig, parse_cross
 from ca.names import name_from_pairs
 from config import ConfigError
 from hsm import KeySpec
@@ -44,6 +45,7 @@ class HierarchyConfig:
     agency_name_en: str
     agency_name_ja: str
     source: str
+    cross: dict[str, CrossConfig] = field(default_factory=dict)  # [cross.NAME]: ca/crossconfig.py
 
     def in_creation_order(self) -> list[AuthorityConfig]:
         """Parents before children."""
@@ -80,7 +82,11 @@ def load_hierarchy(path: Path) -> HierarchyConfig:
                 f"authorities.{config.name}.parent", source, f"no authority named {config.parent!r}"
             )
     hierarchy = HierarchyConfig(
-        authorities, str(agency.get("name_en", "")), str(agency.get("name_ja", "")), source
+        authorities,
+        str(agency.get("name_en", "")),
+        str(agency.get("name_ja", "")),
+        source,
+        parse_cross(raw.get("cross"), list(authorities), source),
     )
     _check_cycles(hierarchy)
     return hierarchy

@@ -25,7 +25,7 @@ from ca.names import display_name
 from ca.revocation import parse_reason
 from ca.service import CAContext
 from hsm.softhsm import ensure_pin_file, init_token, token_exists
-from kakuin import crl_commands, ocsp_commands, ra_commands
+from kakuin import crl_commands, lifecycle_commands, ocsp_commands, ra_commands
 from kakuin.common import State, actor, fail, pass_state, reports_errors
 
 
@@ -592,7 +592,7 @@ def verifier_disable(state: State, name: str) -> None:
 
 
 # Each service package's commands live in a module of their own and join the CLI here.
-for _module in (crl_commands, ocsp_commands, ra_commands):
+for _module in (crl_commands, ocsp_commands, ra_commands, lifecycle_commands):
     _module.register(main)
 
 

@@ -1,0 +1,326 @@
+"""CLI of the CA lifecycle: ``kakuin cross-certify …``, ``kakuin ca rollover|links|terminate``,
+``kakuin import-legacy`` (docs/lifecycle.md)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from ca import crosscert, legacy, rollover, termination
+from ca.errors import BadRequest
+from ca.lifecycle_store import LifecycleStore
+from ca.service import CAContext
+from ca.timeutil import utcnow
+from kakuin.common import State, actor, fail, pass_state, reports_errors
+
+
+def lifecycle_store(ctx: CAContext) -> LifecycleStore:
+    return LifecycleStore(ctx.engine)
+
+
+def _read(path: str, field: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise BadRequest(f"cannot read {path} ({exc.strerror})", field=field) from None
+
+
+def _write(pem: bytes, out: str | None) -> None:
+    if out:
+        Path(out).write_bytes(pem)
+    else:
+        sys.stdout.write(pem.decode("ascii"))
+
+
+def _pem(certificate: x509.Certificate) -> bytes:
+    return certificate.public_bytes(Encoding.PEM)
+
+
+# -- cross-certification -------------------------------------------------------------------------
+
+
+@click.group("cross-certify")
+def cross_certify() -> None:
+    """Cross certificates between our bridge (or other authorities) and other CAs."""
+
+
+@cross_certify.command("issue")
+@click.argument("name")
+@click.option(
+    "--cert", "cert_file", type=click.Path(dir_okay=False), help="The other CA's certificate (PEM/DER)."
+)
+@click.option("--csr", "csr_file", type=click.Path(dir_okay=False), help="Or the other CA's PKCS#10 request.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Write the PEM here instead of stdout.")
+@pass_state
+@reports_errors
+def cross_issue(
+    state: State, name: str, cert_file: str | None, csr_file: str | None, out: str | None
+) -> None:
+    """Issue the cross certificate of agreement [cross.NAME] (internal: no --cert/--csr)."""
+    ctx = state.ctx
+    certificate = crosscert.load_certificate(_read(cert_file, "cert")) if cert_file else None
+    request = crosscert.load_request(_read(csr_file, "csr"), "csr") if csr_file else None
+    signed, record = crosscert.issue(
+        ctx.authorities,
+        lifecycle_store(ctx),
+        ctx.urls,
+        name,
+        certificate=certificate,
+        request=request,
+        actor=actor(),
+    )
+    _write(_pem(signed), out)
+    click.echo(
+        f"issued cross certificate {record.serial} by {record.authority} to {record.subject} "
+        f"until {record.not_after:%Y-%m-%d}",
+        err=True,
+    )
+
+
+@cross_certify.command("csr")
+@click.option("--authority", required=True, help="Our authority whose key the other side certifies.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Write the PEM here instead of stdout.")
+@pass_state
+@reports_errors
+def cross_csr(state: State, authority: str, out: str | None) -> None:
+    """A CSR for our authority's current key, signed in the token, for the other side's CA."""
+    ctx = state.ctx
+    pem = crosscert.request_for(ctx.authorities, lifecycle_store(ctx), authority, actor())
+    _write(pem, out)
+
+
+@cross_certify.command("import")
+@click.option("--authority", required=True, help="Our authority that the certificate certifies.")
+@click.option(
+    "--cert", "cert_file", required=True, type=click.Path(dir_okay=False), help="Their cross certificate."
+)
+@click.option(
+    "--issuer",
+    "issuer_file",
+    type=click.Path(dir_okay=False),
+    help="Their CA certificate: check the signature.",
+)
+@click.option("--agreement", help="The [cross.NAME] agreement it belongs to.")
+@pass_state
+@reports_errors
+def cross_import(
+    state: State, authority: str, cert_file: str, issuer_file: str | None, agreement: str | None
+) -> None:
+    """Keep the reverse cross certificate another CA issued for our authority's key."""
+    ctx = state.ctx
+    certificate = crosscert.load_certificate(_read(cert_file, "cert"))
+    issuer = crosscert.load_certificate(_read(issuer_file, "issuer"), "issuer") if issuer_file else None
+    record = crosscert.import_reverse(
+        ctx.authorities,
+        lifecycle_store(ctx),
+        authority,
+        certificate,
+        issuer_certificate=issuer,
+        agreement_name=agreement,
+        actor=actor(),
+    )
+    click.echo(f"kept cross certificate {record.serial} from {record.issuer} for {record.authority}")
+
+
+@cross_certify.command("list")
+@click.option("--authority", help="Only cross certificates issued by or for this authority.")
+@pass_state
+@reports_errors
+def cross_list(state: State, authority: str | None) -> None:
+    """Every cross certificate: direction, serial, status, the other party, validity."""
+    for record in lifecycle_store(state.ctx).cross_certificates(authority):
+        other = record.subject if record.direction == "issued" else record.issuer
+        click.echo(
+            f"{record.id:<4} {record.direction:<9} {record.authority:<14} {record.serial:<32} "
+            f"{record.status:<9} {record.not_after:%Y-%m-%d} {record.agreement or '-':<14} {other}"
+        )
+
+
+@cross_certify.command("export")
+@click.option("--authority", help="Only cross certificates issued by or for this authority.")
+@pass_state
+@reports_errors
+def cross_export(state: State, authority: str | None) -> None:
+    """The cross certificates in force (PEM): what relying parties add to their untrusted set."""
+    now = utcnow()
+    for record in lifecycle_store(state.ctx).cross_certificates(authority):
+        if record.status not in ("issued", "received") or record.not_after <= now:
+            continue
+        sys.stdout.write(_pem(x509.load_der_x509_certificate(record.der)).decode("ascii"))
+
+
+# -- rollover, links, termination ----------------------------------------------------------------
+
+
+@click.command("rollover")
+@click.argument("name")
+@click.option(
+    "--out-dir", type=click.Path(file_okay=False), help="Write the new CA and link certificates here."
+)
+@pass_state
+@reports_errors
+def ca_rollover(state: State, name: str, out_dir: str | None) -> None:
+    """New key generation for NAME under the same DN, with link certificates old↔new."""
+    ctx = state.ctx
+    result = rollover.rollover(ctx.authorities, lifecycle_store(ctx), ctx.urls, name, actor())
+    if out_dir:
+        directory = Path(out_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        g = result.new_generation
+        (directory / f"{name}-g{g}.pem").write_bytes(_pem(result.certificate))
+        (directory / f"{name}-g{g}-new-with-old.pem").write_bytes(_pem(result.new_with_old))
+        (directory / f"{name}-g{g}-old-with-new.pem").write_bytes(_pem(result.old_with_new))
+    ski = result.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    verb = "completed the links of" if result.resumed else "rolled over"
+    click.echo(
+        f"{verb} {name}: generation {result.old_generation} -> {result.new_generation} "
+        f"(SKI {ski.hex(':')}); links new-with-old {result.new_with_old.serial_number:x}, "
+        f"old-with-new {result.old_with_new.serial_number:x}; new certificates use generation "
+        f"{result.new_generation}, generation {result.old_generation} stays live for status"
+    )
+
+
+@click.command("links")
+@click.argument("name")
+@pass_state
+@reports_errors
+def ca_links(state: State, name: str) -> None:
+    """NAME's link certificates (PEM), oldest first."""
+    ctx = state.ctx
+    for record in lifecycle_store(ctx).certificates_by_profile(name, rollover.LINK_PROFILE):
+        if record.der is not None and record.status == "issued":
+            sys.stdout.write(_pem(x509.load_der_x509_certificate(record.der)).decode("ascii"))
+
+
+@click.command("terminate")
+@click.argument("name")
+@click.option("--reason", default="", help="Why, for the audit log.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_state
+@reports_errors
+def ca_terminate(state: State, name: str, reason: str, yes: bool) -> None:
+    """Stop NAME issuing for good; its final CRL outlives its last certificate."""
+    ctx = state.ctx
+    if not yes:
+        click.confirm(f"terminate {name}? It will never issue again", abort=True, err=True)
+    result = termination.terminate(lifecycle_store(ctx), name, actor(), reason)
+    last = f"{result.last_expiry:%Y-%m-%d %H:%M:%S}Z" if result.last_expiry else "none issued"
+    click.echo(
+        f"terminated {name} (was {result.previous_state}); last certificate expires {last}; "
+        f"final CRL nextUpdate {result.final_next_update:%Y-%m-%d %H:%M:%S}Z"
+    )
+    publish_final_crl(ctx, name, result)
+
+
+def publish_final_crl(ctx: CAContext, name: str, result: termination.Termination) -> None:
+    """The final CRL is the CRL service's to build and sign (crl/)."""
+    click.echo("final CRL: the CRL publisher (crl/) is not available in this build", err=True)
+
+
+# -- legacy migration ----------------------------------------------------------------------------
+
+
+@click.command("import-legacy")
+@click.option("--authority", required=True, help="Name to register the old CA under.")
+@click.option("--ca-cert", required=True, type=click.Path(dir_okay=False), help="The old CA's certificate.")
+@click.option(
+    "--certs", "certs_dir", type=click.Path(file_okay=False), help="Directory of issued certificates."
+)
+@click.option("--index", type=click.Path(dir_okay=False), help="The old CA's OpenSSL index.txt.")
+@click.option(
+    "--certs-dir",
+    "index_certs",
+    type=click.Path(file_okay=False),
+    help="With --index: where the certificate copies are (default: newcerts beside index.txt).",
+)
+@click.option("--crl", "crl_file", type=click.Path(dir_okay=False), help="The old CA's latest CRL.")
+@click.option(
+    "--key-label", help="The old CA's key, already put into the token with the token's import tool."
+)
+@click.option("--title", help="A title for the authority (first import).")
+@click.option(
+    "--restricted", is_flag=True, help="Its revocation data is for registered verifiers only (JPKI)."
+)
+@click.option("--dry-run", is_flag=True, help="Report what would change; change nothing.")
+@pass_state
+@reports_errors
+def import_legacy(
+    state: State,
+    authority: str,
+    ca_cert: str,
+    certs_dir: str | None,
+    index: str | None,
+    index_certs: str | None,
+    crl_file: str | None,
+    key_label: str | None,
+    title: str | None,
+    restricted: bool,
+    dry_run: bool,
+) -> None:
+    """Register an old CA's certificates and revocations so Kakuin answers for them."""
+    ctx = state.ctx
+    if certs_dir and index:
+        fail("give --certs DIR or --index index.txt, not both (use --certs-dir with --index)", 2)
+    if index_certs and not index:
+        fail("--certs-dir goes with --index", 2)
+    store = lifecycle_store(ctx)
+    ca_certificate = legacy.load_ca_certificate(Path(ca_cert))
+    directory = index_certs or certs_dir
+    plan = legacy.plan_import(
+        store,
+        ctx.token,
+        authority=authority,
+        ca_certificate=ca_certificate,
+        certs_dir=Path(directory) if directory else None,
+        index=Path(index) if index else None,
+        crl_data=_read(crl_file, "crl") if crl_file else None,
+        key_label=key_label,
+        hierarchy_names=ctx.hierarchy.authorities,
+    )
+    for line in plan.skipped_files:
+        click.echo(f"skipped {line}", err=True)
+    for line in plan.notes[:20]:
+        click.echo(f"note: {line}", err=True)
+    if len(plan.notes) > 20:
+        click.echo(f"note: … and {len(plan.notes) - 20} more", err=True)
+    if plan.conflicts:
+        for line in plan.conflicts:
+            click.echo(f"conflict: {line}", err=True)
+        fail(f"{len(plan.conflicts)} conflict(s) between the old CA's sources; nothing was imported")
+    counts = plan.counts
+    summary = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items())
+    if dry_run:
+        click.echo(f"dry run, nothing changed: {summary}")
+        return
+    total = len(plan.new_rows) + len(plan.revocations)
+    with click.progressbar(length=total, label="importing", file=sys.stderr, show_pos=True) as bar:
+        record = legacy.apply_import(
+            store,
+            plan,
+            title=title,
+            restricted=restricted,
+            source=" ".join(p for p in (ca_cert, certs_dir or index or "", crl_file or "") if p),
+            actor=actor(),
+            progress=bar.update,
+        )
+    if record is None:
+        click.echo(f"nothing to change: {authority} already holds everything ({summary})")
+        return
+    key = "in the token" if not plan.key_label.startswith(legacy.EXTERNAL_PREFIX) else "outside the token"
+    if not plan.create_authority:
+        key = "as before"
+    click.echo(f"imported into {authority} ({record.state}, key {key}): {summary}")
+
+
+def register(main: click.Group) -> None:
+    main.add_command(cross_certify)
+    main.add_command(import_legacy)
+    ca_group = main.commands.get("ca")
+    assert isinstance(ca_group, click.Group)
+    ca_group.add_command(ca_rollover)
+    ca_group.add_command(ca_links)
+    ca_group.add_command(ca_terminate)

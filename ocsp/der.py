@@ -119,12 +119,15 @@ def error_response(status: int) -> bytes:
     return sequence(enumerated(status))
 
 
+HASH_ALGORITHM_IDS = {name: sequence(oid(dotted), NULL) for name, dotted in HASH_OIDS.items()}
+
+
 def cert_id(hash_name: str, issuer_name_hash: bytes, issuer_key_hash: bytes, serial: int) -> bytes:
     """The canonical CertID: the hash AlgorithmIdentifier with NULL parameters, as OpenSSL and
     most clients send it. A request whose CertID is encoded otherwise is answered live, echoing
     its own bytes."""
     return sequence(
-        sequence(oid(HASH_OIDS[hash_name]), NULL),
+        HASH_ALGORITHM_IDS[hash_name],
         octet_string(issuer_name_hash),
         octet_string(issuer_key_hash),
         integer(serial),

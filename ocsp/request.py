@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from asn1crypto import core
 from asn1crypto import ocsp as asn1_ocsp
 
+from ocsp.der import HASH_ALGORITHM_IDS
 from ocsp.der import cert_id as canonical_cert_id
 
 MAX_CERT_IDS = 20  # a bound on the work one message can ask for (Boulder: one; OpenSSL: unbounded)
@@ -66,6 +67,11 @@ class OCSPRequest:
 
 
 def parse_request(der: bytes) -> OCSPRequest:
+    """The request in ``der``; the common RFC 5019 shape (one CertID, no extension, unsigned) is
+    read by a strict hand-written walk, anything else by asn1crypto."""
+    simple = _simple_request(der)
+    if simple is not None:
+        return simple
     try:
         request = asn1_ocsp.OCSPRequest.load(der, strict=True)
         tbs = request["tbs_request"]
@@ -153,3 +159,85 @@ def _signature(request: asn1_ocsp.OCSPRequest, tbs: asn1_ocsp.TBSRequest) -> Req
         signature=optional["signature"].native,
         certificates=certificates,
     )
+
+
+# -- the fast path ------------------------------------------------------------------------------
+#
+# 30 OCSPRequest { 30 TBSRequest { 30 requestList { 30 Request { 30 CertID { 30 hashAlgorithm,
+# 04 issuerNameHash, 04 issuerKeyHash, 02 serialNumber } } } } }: what openssl, browsers and
+# RFC 5019 clients send without a nonce. Any deviation (a version, a requestor name, extensions,
+# several requests, a signature, long or non-minimal lengths) falls back to asn1crypto, which
+# accepts or rejects it in full. The asn1crypto path remains the reference: tests feed both.
+
+_ALGORITHMS = {encoded: name for name, encoded in HASH_ALGORITHM_IDS.items()}
+
+
+class _NotSimple(Exception):
+    pass
+
+
+def _tlv(buf: bytes, pos: int, end: int, tag: int) -> tuple[int, int]:
+    """(content start, content end) of the element of ``tag`` at ``pos``; DER lengths only."""
+    if pos + 2 > end or buf[pos] != tag:
+        raise _NotSimple
+    first = buf[pos + 1]
+    pos += 2
+    if first >= 0x80:
+        count = first & 0x7F
+        if count == 0 or count > 2 or pos + count > end or buf[pos] == 0:
+            raise _NotSimple
+        length = int.from_bytes(buf[pos : pos + count], "big")
+        if length < 0x80:
+            raise _NotSimple
+        pos += count
+    else:
+        length = first
+    if pos + length > end:
+        raise _NotSimple
+    return pos, pos + length
+
+
+def _simple_request(der: bytes) -> OCSPRequest | None:
+    try:
+        start, end = _tlv(der, 0, len(der), 0x30)
+        if end != len(der):
+            return None
+        start, tbs_end = _tlv(der, start, end, 0x30)  # tbsRequest
+        if tbs_end != end:
+            return None  # optionalSignature follows
+        start, list_end = _tlv(der, start, tbs_end, 0x30)  # requestList
+        if list_end != tbs_end:
+            return None  # requestExtensions follow
+        start, request_end = _tlv(der, start, list_end, 0x30)  # Request
+        if request_end != list_end:
+            return None  # several requests
+        cert_id_start = start
+        start, cert_id_end = _tlv(der, start, request_end, 0x30)  # CertID
+        if cert_id_end != request_end:
+            return None  # singleRequestExtensions
+        algorithm_start = start
+        _, start = _tlv(der, start, cert_id_end, 0x30)
+        hash_name = _ALGORITHMS.get(der[algorithm_start:start])
+        if hash_name is None:
+            return None
+        name_start, name_end = _tlv(der, start, cert_id_end, 0x04)
+        key_start, key_end = _tlv(der, name_end, cert_id_end, 0x04)
+        serial_start, serial_end = _tlv(der, key_end, cert_id_end, 0x02)
+        if serial_end != cert_id_end or serial_start == serial_end:
+            return None
+        serial_bytes = der[serial_start:serial_end]
+        if len(serial_bytes) > 1 and (
+            (serial_bytes[0] == 0 and serial_bytes[1] < 0x80)
+            or (serial_bytes[0] == 0xFF and serial_bytes[1] >= 0x80)
+        ):
+            return None  # non-minimal INTEGER: let asn1crypto judge it
+    except _NotSimple:
+        return None
+    cert_id = CertID(
+        hash_name=hash_name,
+        issuer_name_hash=der[name_start:name_end],
+        issuer_key_hash=der[key_start:key_end],
+        serial=int.from_bytes(serial_bytes, "big", signed=True),
+        raw=der[cert_id_start:cert_id_end],
+    )
+    return OCSPRequest(cert_ids=(cert_id,), nonce=None, signature=None)

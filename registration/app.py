@@ -449,9 +449,9 @@ def create_app(ctx: CAContext | None = None, config: str | None = None) -> Flask
     def me() -> Response:
         who = caller()
         if who.account is not None:
-            return json_response({"kind": "account", **account_json(who.account)})
+            return json_response({"caller": "account", **account_json(who.account)})
         if who.verifier is not None:
-            return json_response({"kind": "verifier", **verifier_json(who.verifier)})
+            return json_response({"caller": "verifier", **verifier_json(who.verifier)})
         raise Forbidden("this client certificate belongs to no account or verifier")
 
     # -- applications --------------------------------------------------------------------------

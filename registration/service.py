@@ -89,6 +89,13 @@ def _only(body: Any, allowed: set[str]) -> Mapping[str, Any]:
     return body
 
 
+def stored_reason(text: str) -> str:
+    """The stored reason name (``key_compromise``, ``certificate_hold``: what ``ca.store`` tests
+    for and what ``ca.revocation.REASON_CODES`` maps) of any spelling an operator types.
+    ``parse_reason`` returns cryptography's camelCase value, hence the extra step."""
+    return x509.ReasonFlags(parse_reason(text)).name
+
+
 def _serial(value: str) -> str:
     try:
         return normalize_serial(value)
@@ -286,7 +293,7 @@ class RegistrationService:
     def operator_revoke(self, caller: Caller, authority: str, serial: str, body: Any) -> CertificateRecord:
         account = caller.require("operator")
         data = _only(body, {"reason", "invalidity_date"})
-        reason = parse_reason(_text(data, "reason", 64) or "")
+        reason = stored_reason(_text(data, "reason", 64) or "")
         if reason == "remove_from_crl":
             raise BadRequest("use …/release to take a certificate off hold", field="reason")
         invalidity = (
@@ -344,7 +351,7 @@ class RegistrationService:
             kind
         )
         if kind == "holder_request":
-            reason = parse_reason(_text(data, "reason", 64, required=False) or "unspecified")
+            reason = stored_reason(_text(data, "reason", 64, required=False) or "unspecified")
             if reason in ("certificate_hold", "remove_from_crl"):
                 raise BadRequest("use kind hold or release for these", field="reason")
         elif data.get("reason") is not None:

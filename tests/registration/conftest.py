@@ -4,6 +4,7 @@ the shared CA of each backend (SQLite and PostgreSQL)."""
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import time
@@ -23,7 +24,7 @@ from registration.credentials import ServerFiles, ensure_server_credentials, iss
 from registration.residents import ResidentHasher, load_resident_hasher
 from registration.server import gunicorn_argv
 from registration.store import RegistrationStore
-from tests.conftest import make_csr
+from tests.conftest import jpki_auth_applicant, jpki_sign_applicant, make_csr
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -151,3 +152,86 @@ def ra(ca_ctx: CAContext, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             process.kill()
         errors = [line for line in log.read_text(errors="replace").splitlines() if "Traceback" in line]
         assert not errors, log.read_text()[-4000:]
+
+
+@dataclass
+class Office:
+    code: str
+    clerk: Client
+    reviewer: Client
+
+
+@dataclass
+class People:
+    a: Office
+    b: Office
+    operator: Client
+    operator2: Client
+    admin: Client
+
+
+@pytest.fixture(scope="session")
+def people(ra: RA) -> People:
+    offices = []
+    for name in ("a", "b"):
+        code = ra.office(name)
+        offices.append(
+            Office(
+                code,
+                ra.account(f"clerk-{name}", "clerk", code),
+                ra.account(f"reviewer-{name}", "reviewer", code),
+            )
+        )
+    return People(
+        offices[0],
+        offices[1],
+        ra.account("operator", "operator"),
+        ra.account("operator2", "operator"),
+        ra.account("admin", "admin"),
+    )
+
+
+def resident_id() -> str:
+    """A random 11-digit resident identifier (住民票コード)."""
+    return "".join(secrets.choice("0123456789") for _ in range(11))
+
+
+def submission(profile: str, rsa_key, **extra: object) -> dict[str, object]:
+    applicant = {
+        "jpki-sign": jpki_sign_applicant(),
+        "jpki-auth": jpki_auth_applicant(),
+        "lgpki-post": {"organization": "千代田区", "post": "区長"},
+    }[profile]
+    body: dict[str, object] = {"profile": profile, "csr": make_csr(rsa_key).decode(), "applicant": applicant}
+    if profile.startswith("jpki"):
+        body["resident_id"] = resident_id()
+    body.update(extra)
+    return body
+
+
+def problem(response, status: int, field: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"] == "application/problem+json"
+    data = response.json()
+    assert data["status"] == status and data["type"].startswith("urn:kakuin:problem:") and data["detail"]
+    if field is not None:
+        assert data["field"] == field, data
+        assert data["invalid-params"][0]["name"] == field
+    return data
+
+
+def approve(client: Client, app_id: int) -> dict:
+    response = client.post(f"/v1/applications/{app_id}/reviews", {"decision": "approve"})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def issue(people: People, body: dict[str, object], office: Office | None = None) -> dict:
+    """Submit and approve twice; returns the issued certificate's {authority, serial, href}."""
+    office = office or people.a
+    submitted = office.clerk.post("/v1/applications", body)
+    assert submitted.status_code == 201, submitted.text
+    approve(office.reviewer, submitted.json()["id"])
+    issued = approve(people.operator, submitted.json()["id"])
+    assert issued["state"] == "issued", issued
+    return dict(issued["certificate"])

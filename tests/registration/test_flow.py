@@ -4,87 +4,14 @@ final rejection, disabled accounts)."""
 
 from __future__ import annotations
 
-import secrets
 import subprocess
-from dataclasses import dataclass
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from tests.conftest import jpki_auth_applicant, jpki_sign_applicant, make_csr, openssl
-from tests.registration.conftest import RA, Client, server_env
-
-
-@dataclass
-class Office:
-    code: str
-    clerk: Client
-    reviewer: Client
-
-
-@dataclass
-class People:
-    a: Office
-    b: Office
-    operator: Client
-    operator2: Client
-    admin: Client
-
-
-@pytest.fixture(scope="session")
-def people(ra: RA) -> People:
-    offices = []
-    for name in ("a", "b"):
-        code = ra.office(name)
-        offices.append(
-            Office(
-                code,
-                ra.account(f"clerk-{name}", "clerk", code),
-                ra.account(f"reviewer-{name}", "reviewer", code),
-            )
-        )
-    return People(
-        offices[0],
-        offices[1],
-        ra.account("operator", "operator"),
-        ra.account("operator2", "operator"),
-        ra.account("admin", "admin"),
-    )
-
-
-def resident_id() -> str:
-    return "".join(secrets.choice("0123456789") for _ in range(11))
-
-
-def submission(profile: str, rsa_key, **extra: object) -> dict[str, object]:
-    applicant = {
-        "jpki-sign": jpki_sign_applicant(),
-        "jpki-auth": jpki_auth_applicant(),
-        "lgpki-post": {"organization": "千代田区", "post": "区長"},
-    }[profile]
-    body: dict[str, object] = {"profile": profile, "csr": make_csr(rsa_key).decode(), "applicant": applicant}
-    if profile.startswith("jpki"):
-        body["resident_id"] = resident_id()
-    body.update(extra)
-    return body
-
-
-def problem(response, status: int, field: str | None = None) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["Content-Type"] == "application/problem+json"
-    data = response.json()
-    assert data["status"] == status and data["type"].startswith("urn:kakuin:problem:") and data["detail"]
-    if field is not None:
-        assert data["field"] == field, data
-        assert data["invalid-params"][0]["name"] == field
-    return data
-
-
-def approve(client: Client, app_id: int) -> dict:
-    response = client.post(f"/v1/applications/{app_id}/reviews", {"decision": "approve"})
-    assert response.status_code == 200, response.text
-    return response.json()
+from tests.conftest import jpki_sign_applicant, openssl
+from tests.registration.conftest import RA, People, approve, problem, server_env, submission
 
 
 @pytest.mark.parametrize("profile", ["jpki-sign", "jpki-auth", "lgpki-post"])

@@ -136,7 +136,8 @@ def _existing_link(
     store: LifecycleStore, authority: str, signer: KeyGenerationRecord, subject: KeyGenerationRecord
 ) -> x509.Certificate | None:
     for record in store.certificates_by_profile(authority, LINK_PROFILE):
-        if record.key_generation_id != signer.id or record.der is None or record.status != "issued":
+        # Any status: a link the operator has revoked is not silently made again.
+        if record.key_generation_id != signer.id or record.der is None:
             continue
         certificate = x509.load_der_x509_certificate(record.der)
         ski = certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest

@@ -74,7 +74,7 @@ class Publisher:
         self.clock = clock
         self.actor = actor
         self.reader = RevocationReader(ctx.engine)
-        self.store = CRLStore(ctx.engine)
+        self.store = CRLStore(ctx.engine, clock)
         self._scope_names: dict[tuple[str, str], tuple[x509.GeneralName, ...]] = {}
 
     # -- scopes -----------------------------------------------------------------------------

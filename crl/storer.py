@@ -8,6 +8,7 @@ number stays unused, never reused).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -77,8 +78,9 @@ def _record(m: RowMapping) -> PublishedRecord:
 
 
 class CRLStore:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, clock: Callable[[], datetime] = utcnow) -> None:
         self.engine = engine
+        self.clock = clock
 
     def _begin(self) -> Any:
         try:
@@ -108,7 +110,7 @@ class CRLStore:
             where = and_(scopes_t.c.authority_id == authority_id, scopes_t.c.partition == partition)
             conn.execute(update(scopes_t).where(where).values(last_number=scopes_t.c.last_number + 1))
             scope_id, number = conn.execute(select(scopes_t.c.id, scopes_t.c.last_number).where(where)).one()
-            return Allocation(scope_id=int(scope_id), number=int(number), this_update=utcnow())
+            return Allocation(scope_id=int(scope_id), number=int(number), this_update=self.clock())
 
     def record(
         self,
@@ -203,7 +205,7 @@ class CRLStore:
                     published_t.c.number == sub.c.number,
                 ),
             )
-            .order_by(published_t.c.authority_id, published_t.c.partition, published_t.c.kind)
+            .order_by(published_t.c.authority_id, published_t.c.partition, published_t.c.kind.desc())
         )
         with self._connect() as conn:
             return [_record(m) for m in conn.execute(query).mappings()]

@@ -1,0 +1,104 @@
+"""Run the CRL responder under gunicorn: ``python -m crl.server --listener plain|tls``.
+
+Two listeners, two gunicorn masters (TLS settings belong to a whole gunicorn server):
+
+- ``plain``: HTTP on ``services.crl`` (default 127.0.0.1:8082), the URL certificates name; serves
+  public authorities to anyone, and refuses restricted ones with a pointer to the TLS listener;
+- ``tls``: HTTPS on ``crl.tls_port`` (default 8083) asking for a client certificate from the
+  operator CA (``cert_reqs=CERT_OPTIONAL``, so a caller without one gets a readable 403 rather
+  than a failed handshake); serves everything, restricted authorities to registered verifiers.
+
+The master never touches the database or the token; each worker builds its app after the fork.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import ssl
+import sys
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from config import Settings, load_settings
+from crl.config import CRLSettings, load_crl_settings
+from crl.tls import TLSFiles, tls_files
+
+LISTENERS = ("plain", "tls")
+
+
+def gunicorn_options(
+    settings: Settings, crl_settings: CRLSettings, listener: str, tls: TLSFiles | None = None
+) -> dict[str, Any]:
+    service = settings.services["crl"]
+    port = service.port if listener == "plain" else crl_settings.tls_port
+    options: dict[str, Any] = {
+        "bind": f"{service.host}:{port}",
+        "workers": service.workers,
+        "worker_class": "sync",
+        "timeout": 60,
+        "graceful_timeout": 10,
+        "errorlog": "-",
+        "loglevel": "warning",
+        "proc_name": f"kakuin-crl-{listener}",
+    }
+    if listener == "tls":
+        if tls is None or not tls.exist():
+            raise FileNotFoundError(
+                "the TLS listener needs its certificate: run `kakuin serve crl` or `kakuin up`"
+            )
+        options.update(
+            certfile=str(tls.certfile),
+            keyfile=str(tls.keyfile),
+            ca_certs=str(tls.client_cas),
+            cert_reqs=ssl.CERT_OPTIONAL,
+        )
+    return options
+
+
+class ResponderServer(BaseApplication):  # type: ignore[misc]
+    def __init__(self, options: dict[str, Any], config_path: str | None) -> None:
+        self.options = options
+        self.config_path = config_path
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        from crl.wsgi import create_app
+
+        return create_app(self.config_path)
+
+
+def argv(listener: str, config_path: str | None) -> list[str]:
+    """How ``kakuin up`` and ``kakuin serve crl`` start a listener."""
+    args = [sys.executable, "-m", "crl.server", "--listener", listener]
+    if config_path:
+        args += ["--config", config_path]
+    return args
+
+
+def main(args: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m crl.server", description="Serve CRLs under gunicorn.")
+    parser.add_argument("--listener", choices=LISTENERS, default="plain")
+    parser.add_argument(
+        "--config", default=None, help="settings file (default: $KAKUIN_CONFIG or $KAKUIN_HOME/kakuin.toml)"
+    )
+    options = parser.parse_args(args)
+    settings = load_settings(options.config)
+    crl_settings = load_crl_settings(settings)
+    access = logging.getLogger("kakuin.crl")
+    if not access.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+        access.addHandler(handler)
+        access.setLevel(logging.INFO)
+    tls = tls_files(settings.home) if options.listener == "tls" else None
+    ResponderServer(gunicorn_options(settings, crl_settings, options.listener, tls), options.config).run()
+
+
+if __name__ == "__main__":
+    main()

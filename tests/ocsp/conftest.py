@@ -12,7 +12,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -164,13 +163,36 @@ query_log_retention_days = 30
 """
 
 
+class _Cache:
+    """Session-wide CAs and servers, made once per backend (and server): pytest re-creates a
+    parametrized session fixture each time the parameter order switches, and a CA costs seconds."""
+
+    def __init__(self) -> None:
+        self.cas: dict[str, OCSPCA] = {}
+        self.servers: dict[tuple[str, str], Responder] = {}
+
+
 @pytest.fixture(scope="session")
+def _cache() -> Iterator[_Cache]:
+    cache = _Cache()
+    yield cache
+    for server in cache.servers.values():
+        stop_server(server.process)
+    for ca in cache.cas.values():
+        ca.ctx.token.close()
+        ca.ctx.engine.dispose()
+
+
+@pytest.fixture()
 def ocsp_ca(
     backend: str,
     softhsm: dict[str, str],
     tmp_path_factory: pytest.TempPathFactory,
     request: pytest.FixtureRequest,
-) -> Iterator[OCSPCA]:
+    _cache: _Cache,
+) -> OCSPCA:
+    if backend in _cache.cas:
+        return _cache.cas[backend]
     home = tmp_path_factory.mktemp(f"ocsp-{backend}")
     url = f"sqlite:///{home / 'kakuin.db'}" if backend == "sqlite" else request.getfixturevalue("postgres")()
     config = home / "kakuin.toml"
@@ -187,9 +209,8 @@ def ocsp_ca(
         ca.leaves[name] = ca.issue("lgpki-app")
     ca.leaves["jpki"] = ca.issue("jpki-auth")
     ca.presign()
-    yield ca
-    ctx.token.close()
-    ctx.engine.dispose()
+    _cache.cas[backend] = ca
+    return ca
 
 
 @dataclass
@@ -199,6 +220,7 @@ class Responder:
     process: subprocess.Popen[bytes]
     server: str
     ca: OCSPCA
+    log: Path
 
     @property
     def url(self) -> str:
@@ -275,54 +297,55 @@ def _healthy(port: int) -> Callable[[], bool]:
     return check
 
 
-@pytest.fixture(scope="session", params=["gunicorn", "granian"])
-def responder(request: pytest.FixtureRequest, ocsp_ca: OCSPCA) -> Iterator[Responder]:
-    """The responder over plain HTTP under gunicorn and under granian, two workers each."""
+@pytest.fixture(params=["gunicorn", "granian"])
+def responder(request: pytest.FixtureRequest, ocsp_ca: OCSPCA, _cache: _Cache) -> Responder:
+    """The responder over plain HTTP under gunicorn (gthread) and under granian (two workers, so
+    /metrics must add up several processes)."""
     server = str(request.param)
-    port = free_port()
-    argv = gunicorn_argv("127.0.0.1", port, 2) if server == "gunicorn" else granian_argv("127.0.0.1", port, 2)
-    process = start_server(
-        argv, server_env(ocsp_ca, port), _healthy(port), ocsp_ca.dir / f"{server}-{port}.log"
-    )
-    yield Responder(f"http://127.0.0.1:{port}", port, process, server, ocsp_ca)
-    stop_server(process)
+    key = (ocsp_ca.backend, server)
+    if key not in _cache.servers:
+        port = free_port()
+        argv = (
+            gunicorn_argv("127.0.0.1", port, 1)
+            if server == "gunicorn"
+            else granian_argv("127.0.0.1", port, 2)
+        )
+        log = ocsp_ca.dir / f"{server}-{port}.log"
+        process = start_server(argv, server_env(ocsp_ca, port), _healthy(port), log)
+        _cache.servers[key] = Responder(f"http://127.0.0.1:{port}", port, process, server, ocsp_ca, log)
+    return _cache.servers[key]
 
 
-@dataclass
-class TLSFiles:
-    settings: TLSSettings
-    client_ca: Path
+@pytest.fixture()
+def tls_responder(ocsp_ca: OCSPCA, _cache: _Cache) -> Responder:
+    """gunicorn with TLS: a server certificate for 127.0.0.1 from the operator CA (its key in a
+    file: TLS keys are the web server's), client certificates optional and verified against the
+    operator CA."""
+    import ssl
 
-
-@pytest.fixture(scope="session")
-def tls_files(ocsp_ca: OCSPCA) -> TLSFiles:
-    """A server certificate for 127.0.0.1 from the operator CA (key in a file: TLS keys are the
-    web server's), and the operator CA as the trust anchor of client certificates."""
-    key = ec.generate_private_key(ec.SECP256R1())
+    key = (ocsp_ca.backend, "gunicorn-tls")
+    if key in _cache.servers:
+        return _cache.servers[key]
+    server_key = ec.generate_private_key(ec.SECP256R1())
     issued = ocsp_ca.ctx.issuer.issue(
-        IssuanceRequest(profile="service-server", csr=make_csr(key), applicant=APPLICANTS["service-server"])
+        IssuanceRequest(
+            profile="service-server", csr=make_csr(server_key), applicant=APPLICANTS["service-server"]
+        )
     )
     cert_path = ocsp_ca.dir / "server.pem"
     cert_path.write_bytes(pem(issued.certificate))
     key_path = ocsp_ca.dir / "server.key"
     key_path.write_bytes(
-        key.private_bytes(Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        server_key.private_bytes(
+            Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
     )
     client_ca = ocsp_ca.issuer_pem("operator")
-    return TLSFiles(TLSSettings(port=0, certificate=cert_path, key=key_path, client_ca=client_ca), client_ca)
-
-
-@pytest.fixture(scope="session")
-def tls_responder(ocsp_ca: OCSPCA, tls_files: TLSFiles) -> Iterator[Responder]:
-    """gunicorn with TLS, client certificates optional and verified against the operator CA."""
-    import ssl
-
     port = free_port()
-    tls = TLSSettings(port, tls_files.settings.certificate, tls_files.settings.key, tls_files.client_ca)
-    argv = gunicorn_argv("127.0.0.1", port, 1, tls)
+    argv = gunicorn_argv("127.0.0.1", port, 1, TLSSettings(port, cert_path, key_path, client_ca))
 
     def healthy() -> bool:
-        context = ssl.create_default_context(cafile=str(tls_files.client_ca))
+        context = ssl.create_default_context(cafile=str(client_ca))
         conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=2, context=context)
         try:
             conn.request("GET", "/healthz")
@@ -330,9 +353,10 @@ def tls_responder(ocsp_ca: OCSPCA, tls_files: TLSFiles) -> Iterator[Responder]:
         finally:
             conn.close()
 
-    process = start_server(argv, server_env(ocsp_ca, port, "https"), healthy, ocsp_ca.dir / f"tls-{port}.log")
-    yield Responder(f"https://127.0.0.1:{port}", port, process, "gunicorn-tls", ocsp_ca)
-    stop_server(process)
+    log = ocsp_ca.dir / f"tls-{port}.log"
+    process = start_server(argv, server_env(ocsp_ca, port, "https"), healthy, log)
+    _cache.servers[key] = Responder(f"https://127.0.0.1:{port}", port, process, "gunicorn-tls", ocsp_ca, log)
+    return _cache.servers[key]
 
 
 def ocsp_client(
@@ -367,19 +391,3 @@ def ocsp_client(
 
 def output(result: subprocess.CompletedProcess[bytes]) -> str:
     return (result.stdout + result.stderr).decode(errors="replace")
-
-
-__all__ = [
-    "OCSPCA",
-    "PRESIGNED",
-    "Leaf",
-    "Responder",
-    "Verifier",
-    "make_verifier",
-    "ocsp_client",
-    "output",
-    "pem",
-    "start_server",
-    "stop_server",
-    "sys",
-]

@@ -216,6 +216,8 @@ class Token:
                 Attribute.SIGN: True,
                 Attribute.DECRYPT: False,
                 Attribute.UNWRAP: False,
+                # SoftHSM2 sets CKA_DERIVE on EC private keys by default: a CA key signs, never ECDH.
+                Attribute.DERIVE: False,
             }
             public_template: dict[Attribute, Any] = {
                 Attribute.TOKEN: True,

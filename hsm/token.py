@@ -14,6 +14,7 @@ import contextlib
 import os
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -34,6 +35,23 @@ _RETRYABLE = (
     p11e.UserNotLoggedIn,
     p11e.DeviceError,
 )
+
+
+# Opening a session can fail for a moment: SoftHSM2's file store rewrites a token's files when a
+# process logs in, and another process initializing the library at that instant reads them half
+# written (the token is missing, CKR_GENERAL_ERROR, or its user PIN looks uninitialized). Seen
+# with two pre-forked workers starting together in about one start in four; a few re-initialized
+# attempts, a few tens of milliseconds apart, get through. A wrong PIN is never retried.
+_TRANSIENT_OPEN = (
+    p11e.NoSuchToken,
+    p11e.GeneralError,
+    p11e.DeviceError,
+    p11e.TokenNotPresent,
+    p11e.TokenNotRecognised,
+    p11e.UserPinNotInitialized,
+)
+_OPEN_ATTEMPTS = 5
+_OPEN_BACKOFF = 0.05  # seconds, times the attempt number
 
 
 class TokenError(Exception):
@@ -134,27 +152,42 @@ class Token:
             # Another Token re-initialized the library: this handle is dead (or someone else's).
             self._session = None
             self._private_keys.clear()
+        for attempt in range(_OPEN_ATTEMPTS):
+            try:
+                session = self._log_in(lib)
+            except _TRANSIENT_OPEN as exc:
+                if attempt == _OPEN_ATTEMPTS - 1:
+                    if isinstance(exc, p11e.NoSuchToken):
+                        raise TokenError(
+                            f"no PKCS#11 token labelled {self.label!r} in {self.module_path}"
+                        ) from None
+                    raise TokenError(
+                        f"token {self.label!r} in {self.module_path} cannot be opened ({type(exc).__name__})"
+                    ) from None
+                # A token created after this process loaded the module (softhsm2-util, a new HSM
+                # partition) is only seen after C_Finalize + C_Initialize; so is one whose files
+                # another process was rewriting while this one read them.
+                time.sleep(_OPEN_BACKOFF * attempt)
+                _reinitialize(lib)
+            else:
+                self._session = session
+                self._opened_under = _initializations[0]
+                self._private_keys.clear()
+                return session
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _log_in(self, lib: Any) -> Any:
         try:
             token = lib.get_token(token_label=self.label)
-        except p11e.NoSuchToken:
-            # A token created after this process loaded the module (softhsm2-util, a new HSM
-            # partition) is only seen after C_Finalize + C_Initialize.
-            _reinitialize(lib)
-            try:
-                token = lib.get_token(token_label=self.label)
-            except p11e.NoSuchToken:
-                raise TokenError(f"no PKCS#11 token labelled {self.label!r} in {self.module_path}") from None
         except p11e.MultipleTokensReturned:
             raise TokenError(f"more than one token labelled {self.label!r}") from None
         try:
-            self._session = token.open(rw=True, user_pin=self._pin())
-            self._opened_under = _initializations[0]
+            return token.open(rw=True, user_pin=self._pin())
         except p11e.PinIncorrect:
+            # Never retried: a real HSM locks the PIN after a few wrong attempts.
             raise TokenError(f"the PIN for token {self.label!r} is incorrect") from None
         except p11e.PinLocked:
             raise TokenError(f"the user PIN of token {self.label!r} is locked") from None
-        self._private_keys.clear()
-        return self._session
 
     def _drop_session(self) -> None:
         session, self._session = self._session, None

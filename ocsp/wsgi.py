@@ -321,16 +321,14 @@ class OCSPApp:
                 f"the database cannot be reached ({type(exc).__name__})",
                 None,
             )
-        if missing:
-            return self._problem(
-                start_response,
-                None,
-                503,
-                "no-responder",
-                f"no current responder certificate for {', '.join(missing)} (kakuin ocsp responder-cert)",
-                None,
-            )
-        body = json.dumps({"status": "ok", "authorities": sorted(entries)}).encode()
+        # An authority without a current responder certificate still has its pre-signed answers;
+        # it is reported (live answers for it are tryLater) but does not fail the whole responder.
+        report = {
+            "status": "degraded" if missing else "ok",
+            "authorities": sorted(entries),
+            "without_responder": missing,
+        }
+        body = json.dumps(report).encode()
         start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
         return [body]
 

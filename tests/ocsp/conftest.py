@@ -75,6 +75,8 @@ class OCSPCA:
     def chain_pem(self, authority: str) -> Path:
         """The authority and its parents: the trust store of ``openssl ocsp -CAfile``."""
         path = self.dir / f"{authority}-chain.pem"
+        if path.exists():
+            return path
         names = {r.id: r for r in self.ctx.store.authorities()}
         record = self.ctx.store.authority(authority)
         certs = [self.ctx.authorities.get(authority).certificate]
@@ -285,7 +287,7 @@ def stop_server(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=5)
 
 
-def _healthy(port: int) -> Callable[[], bool]:
+def healthy_check(port: int) -> Callable[[], bool]:
     def check() -> bool:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
         try:
@@ -297,23 +299,32 @@ def _healthy(port: int) -> Callable[[], bool]:
     return check
 
 
-@pytest.fixture(params=["gunicorn", "granian"])
-def responder(request: pytest.FixtureRequest, ocsp_ca: OCSPCA, _cache: _Cache) -> Responder:
-    """The responder over plain HTTP under gunicorn (gthread) and under granian (two workers, so
-    /metrics must add up several processes)."""
-    server = str(request.param)
-    key = (ocsp_ca.backend, server)
-    if key not in _cache.servers:
+def _plain_server(ca: OCSPCA, cache: _Cache, server: str) -> Responder:
+    key = (ca.backend, server)
+    if key not in cache.servers:
         port = free_port()
         argv = (
             gunicorn_argv("127.0.0.1", port, 1)
             if server == "gunicorn"
             else granian_argv("127.0.0.1", port, 2)
         )
-        log = ocsp_ca.dir / f"{server}-{port}.log"
-        process = start_server(argv, server_env(ocsp_ca, port), _healthy(port), log)
-        _cache.servers[key] = Responder(f"http://127.0.0.1:{port}", port, process, server, ocsp_ca, log)
-    return _cache.servers[key]
+        log = ca.dir / f"{server}-{port}.log"
+        process = start_server(argv, server_env(ca, port), healthy_check(port), log)
+        cache.servers[key] = Responder(f"http://127.0.0.1:{port}", port, process, server, ca, log)
+    return cache.servers[key]
+
+
+@pytest.fixture(params=["gunicorn", "granian"])
+def responder(request: pytest.FixtureRequest, ocsp_ca: OCSPCA, _cache: _Cache) -> Responder:
+    """The responder over plain HTTP under gunicorn (gthread) and under granian (two workers, so
+    /metrics must add up several processes)."""
+    return _plain_server(ocsp_ca, _cache, str(request.param))
+
+
+@pytest.fixture()
+def one_responder(ocsp_ca: OCSPCA, _cache: _Cache) -> Responder:
+    """One server per backend for the slower tests: granian on SQLite, gunicorn on PostgreSQL."""
+    return _plain_server(ocsp_ca, _cache, "granian" if ocsp_ca.backend == "sqlite" else "gunicorn")
 
 
 @pytest.fixture()

@@ -48,6 +48,8 @@ require_explicit_policy = 0
 inhibit_policy_mapping = 0
 """.replace("'", '"')
 
+# EC P-256 keys on the simulated GPKI side: quick to generate; the LGPKI side keeps the default
+# configuration's RSA-2048, so the paths also mix key types as real bridges may.
 GPKI_HIERARCHY = f"""
 [agency]
 name_en = "Government of Japan (simulated)"
@@ -58,7 +60,7 @@ title = "GPKI application root CA (simulated)"
 subject = [["C", "JP"], ["O", "Japanese Government"], ["OU", "ApplicationCA"]]
 string_type = "printable"
 parent = ""
-key = "rsa-2048"
+key = "ec-p256"
 validity_years = 20
 alt_name = [["O", "日本国政府"], ["OU", "アプリケーションCA"]]
 
@@ -67,7 +69,7 @@ title = "GPKI official-status CA (simulated)"
 subject = [["C", "JP"], ["O", "Japanese Government"], ["OU", "OfficialStatusCA"]]
 string_type = "printable"
 parent = "gpki-root"
-key = "rsa-2048"
+key = "ec-p256"
 validity_years = 10
 policies = ["{GPKI_POLICY}"]
 
@@ -76,7 +78,7 @@ title = "GPKI bridge CA (simulated)"
 subject = {GPKI_BRIDGE_DN!r}
 string_type = "printable"
 parent = ""
-key = "rsa-2048"
+key = "ec-p256"
 validity_years = 20
 
 [cross.root-to-bridge]
@@ -163,11 +165,31 @@ def run_cli(ctx: CAContext, *args: str, input: str | None = None) -> CliResult:
     return CliResult(result.returncode, result.stdout, result.stderr)
 
 
+def _tables(text: str, headers: list[str]) -> str:
+    """The given ``[table]`` sections of a TOML file, verbatim (each up to the next header)."""
+    parts = []
+    for header in headers:
+        start = text.index(f"[{header}]\n")
+        end = text.find("\n[", start + 1)
+        parts.append(text[start : end if end != -1 else len(text)].strip() + "\n")
+    return "\n".join(parts)
+
+
 def lgpki_hierarchy_file(directory: Path) -> Path:
+    """The LGPKI part of the default hierarchy (root, organization CA, bridge) and its default
+    internal cross-certification tables, verbatim, plus the agreement with GPKI."""
+    text = (ROOT / "config" / "hierarchy.toml").read_text(encoding="utf-8")
+    headers = [
+        "agency",
+        "authorities.lgpki-root",
+        "authorities.lgpki-org",
+        "authorities.lgpki-bridge",
+        "cross.bridge-to-org",
+        "cross.root-to-bridge",
+    ]
     path = directory / "hierarchy.toml"
-    path.write_text(
-        (ROOT / "config" / "hierarchy.toml").read_text(encoding="utf-8") + LGPKI_CROSS, encoding="utf-8"
-    )
+    path.write_text(_tables(text, headers) + LGPKI_CROSS, encoding="utf-8")
+    (directory / "profiles.toml").write_text(_profile_tables("lgpki-org-user"), encoding="utf-8")
     return path
 
 
@@ -175,14 +197,21 @@ def lgpki_hierarchy_file(directory: Path) -> Path:
 def lgpki(
     request: pytest.FixtureRequest, softhsm: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[CAContext]:
-    """Our CA (default hierarchy plus the GPKI agreement) on a token and database of its own."""
+    """Our LGPKI CA (root, organization CA, bridge, and the GPKI agreement) on a token and database
+    of its own."""
     home = tmp_path_factory.mktemp(f"lgpki-{request.param}")
     url = (
         f"sqlite:///{home / 'kakuin.db'}"
         if request.param == "sqlite"
         else request.getfixturevalue("postgres")()
     )
-    ctx = make_ctx(home, url, new_token(softhsm), KAKUIN_HIERARCHY=str(lgpki_hierarchy_file(home)))
+    ctx = make_ctx(
+        home,
+        url,
+        new_token(softhsm),
+        KAKUIN_HIERARCHY=str(lgpki_hierarchy_file(home)),
+        KAKUIN_PROFILES=str(home / "profiles.toml"),
+    )
     yield ctx
     ctx.token.close()
     ctx.engine.dispose()
@@ -206,21 +235,86 @@ def gpki(softhsm: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> I
     ctx.engine.dispose()
 
 
+SMALL_HIERARCHY = """
+[authorities.lgpki-root]
+title = "LGPKI root CA (small test hierarchy)"
+subject = [["C", "JP"], ["O", "LGPKI"], ["CN", "Application CA G4 Root"]]
+string_type = "printable"
+parent = ""
+key = "ec-p256"
+validity_years = 20
+
+[authorities.lgpki-org]
+title = "LGPKI organization CA (small test hierarchy)"
+subject = [["C", "JP"], ["O", "LGPKI"], ["CN", "Organization CA G4 Sub1"]]
+string_type = "printable"
+parent = "lgpki-root"
+key = "ec-p256"
+validity_years = 10
+partitioning = "shards:4"
+policies = ["1.2.392.200110.10.8.5.1.101.10"]
+cps_uri = "http://www.lgpki.jp"
+"""
+
+
+def _profile_tables(*names: str) -> str:
+    """The given [profiles.NAME] tables of the default profiles file, verbatim."""
+    text = (ROOT / "config" / "profiles.toml").read_text(encoding="utf-8")
+    head = text[: text.index("[profiles.")]
+    parts = []
+    for name in names:
+        start = text.index(f"[profiles.{name}]")
+        end = text.find("\n[profiles.", start + 1)
+        parts.append(text[start : end if end != -1 else len(text)])
+    return head + "\n".join(parts)
+
+
+def _make_small(home: Path, url: str, softhsm: dict[str, str]) -> CAContext:
+    (home / "hierarchy.toml").write_text(SMALL_HIERARCHY, encoding="utf-8")
+    (home / "profiles.toml").write_text(_profile_tables("lgpki-org-user", "ocsp-responder"), encoding="utf-8")
+    return make_ctx(
+        home,
+        url,
+        new_token(softhsm),
+        KAKUIN_HIERARCHY=str(home / "hierarchy.toml"),
+        KAKUIN_PROFILES=str(home / "profiles.toml"),
+    )
+
+
 @pytest.fixture(scope="module")
-def fresh_lgpki(softhsm: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Callable[[], CAContext]:
-    """A factory of brand-new LGPKI CAs on SQLite (for tests that change an authority for good)."""
+def small_ctx(
+    softhsm: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[[], CAContext]]:
+    """A factory of brand-new small CAs (an EC root and organization CA) on SQLite: quick to make,
+    for tests that change an authority for good or import legacy CAs beside it."""
     made: list[CAContext] = []
 
     def make() -> CAContext:
-        home = tmp_path_factory.mktemp("lgpki-fresh")
-        ctx = make_ctx(home, f"sqlite:///{home / 'kakuin.db'}", new_token(softhsm))
-        made.append(ctx)
-        return ctx
+        home = tmp_path_factory.mktemp("small")
+        made.append(_make_small(home, f"sqlite:///{home / 'kakuin.db'}", softhsm))
+        return made[-1]
 
-    yield make  # type: ignore[misc]
+    yield make
     for ctx in made:
         ctx.token.close()
         ctx.engine.dispose()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def small(
+    request: pytest.FixtureRequest, softhsm: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[CAContext]:
+    """A small CA of this module's own, on SQLite and on PostgreSQL."""
+    home = tmp_path_factory.mktemp(f"small-{request.param}")
+    url = (
+        f"sqlite:///{home / 'kakuin.db'}"
+        if request.param == "sqlite"
+        else request.getfixturevalue("postgres")()
+    )
+    ctx = _make_small(home, url, softhsm)
+    yield ctx
+    ctx.token.close()
+    ctx.engine.dispose()
 
 
 def issue_org_user(ctx: CAContext, key: rsa.RSAPrivateKey, name: str = "Hanako Yamada") -> IssuedCertificate:

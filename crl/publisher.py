@@ -57,6 +57,7 @@ class Outcome:
     authority: str
     partition: str
     kind: str
+    number: int  # the number taken from the scope's counter (recorded or not)
     record: PublishedRecord | None
     note: str = ""
 
@@ -252,7 +253,12 @@ class Publisher:
             target.unlink(missing_ok=True)
             log.info("dropped %s #%d: a newer one is published", relative, allocation.number)
             return Outcome(
-                authority.name, partition, kind, None, "a newer CRL of this scope was published meanwhile"
+                authority.name,
+                partition,
+                kind,
+                allocation.number,
+                None,
+                "a newer CRL of this scope was published meanwhile",
             )
         log.info(
             "published %s #%d (%d entries, %d bytes)",
@@ -261,7 +267,7 @@ class Publisher:
             recorded.entries,
             recorded.size,
         )
-        return Outcome(authority.name, partition, kind, recorded)
+        return Outcome(authority.name, partition, kind, allocation.number, recorded)
 
     # -- on demand and on schedule ----------------------------------------------------------
 

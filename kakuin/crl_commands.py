@@ -36,7 +36,7 @@ def _describe(outcome: Any, publisher: Any) -> str:
     url = publisher.url(outcome.authority, outcome.partition, outcome.kind)
     record = outcome.record
     if record is None:
-        return f"skipped   {url}: {outcome.note}"
+        return f"dropped   {url} #{outcome.number}: {outcome.note}"
     base = f" (base #{record.base_number})" if record.base_number is not None else ""
     return (
         f"published {url} #{record.number} {record.kind}{base}: {record.entries} entries, "

@@ -143,10 +143,12 @@ class BulkIssuer:
         self.ctx.issuer  # noqa: B018 - builds the cached issuer
         _WORKER_CTX = self.ctx
         pending: deque[Future[ChunkOutcome | _Failure]] = deque()
+        context = multiprocessing.get_context("fork")
         executor = ProcessPoolExecutor(
             max_workers=self.workers,
-            mp_context=multiprocessing.get_context("fork"),
+            mp_context=context,
             initializer=_worker_started,
+            initargs=(context.Lock(),),
         )
         try:
             for chunk in chunks(lines, self.batch_size):
@@ -177,11 +179,16 @@ class _Failure:
     field: str | None
 
 
-def _worker_started() -> None:
+def _worker_started(token_lock: Any) -> None:
     ctx = _WORKER_CTX
     assert ctx is not None, "bulk worker started without a CA context"
     # The parent's pooled connections belong to the parent; never close them from here.
     ctx.engine.dispose(close=False)
+    # One worker at a time re-initializes PKCS#11 and logs in: SoftHSM2 rewrites the token's
+    # object file on login, and a process rescanning the token directory at that moment does not
+    # find the token (seen as CKR_GENERAL_ERROR or "no token labelled …" under load).
+    with token_lock:
+        ctx.token.call(lambda session: None)
 
 
 def _worker_chunk(chunk: list[tuple[int, str]], actor: str) -> ChunkOutcome | _Failure:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,9 @@ import click
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from ca.bulk import BulkIssuer, RefusedLine
 from ca.errors import KakuinError
-from ca.issuance import IssuanceRequest, PreparedIssuance
+from ca.issuance import IssuanceRequest
 from ca.names import display_name
 from ca.revocation import parse_reason
 from ca.service import CAContext
@@ -270,6 +270,12 @@ def _read_json(path: str, what: str) -> Any:
 @click.option(
     "--batch-size", default=200, show_default=True, help="With --batch: certificates per transaction."
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    help="With --batch: worker processes, each with its own token session "
+    "(default: one per CPU core, at most 4; one for a file of a single batch).",
+)
 @pass_state
 @reports_errors
 def issue(
@@ -281,13 +287,14 @@ def issue(
     batch: str | None,
     out: str | None,
     batch_size: int,
+    workers: int | None,
 ) -> None:
     """Issue one certificate (PEM on stdout), or many with --batch."""
     ctx = state.ctx
     if batch:
         if profile or csr or applicant:
             fail("--batch takes its profile, CSR and applicant data from the file; drop the other options", 2)
-        _issue_batch(ctx, Path(batch), Path(out) if out else None, batch_size)
+        _issue_batch(ctx, Path(batch), Path(out) if out else None, batch_size, workers)
         return
     if not profile or not csr:
         fail("--profile and --csr are needed (or --batch FILE)", 2)
@@ -301,58 +308,28 @@ def issue(
     click.echo(f"issued {result.profile} serial {result.serial} by {result.authority}", err=True)
 
 
-def _batch_lines(path: Path) -> Iterator[tuple[int, Any]]:
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if line.strip():
-                try:
-                    yield number, json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield number, exc
-
-
-def _issue_batch(ctx: CAContext, path: Path, out: Path | None, batch_size: int) -> None:
+def _issue_batch(ctx: CAContext, path: Path, out: Path | None, batch_size: int, workers: int | None) -> None:
     total = sum(1 for line in path.open(encoding="utf-8") if line.strip())
-    refused: list[str] = []
+    if workers is None:
+        workers = min(os.cpu_count() or 1, 4) if total > batch_size else 1
+    bulk = BulkIssuer(ctx, actor=actor(), batch_size=batch_size, workers=workers)
+    refused: list[RefusedLine] = []
     issued = 0
     started = datetime.now()
-    pending: dict[str, list[PreparedIssuance]] = {}
     output = out.open("w", encoding="ascii") if out else sys.stdout
-
-    def flush(name: str) -> None:
-        nonlocal issued
-        items = pending.pop(name, [])
-        for result in ctx.issuer.issue_prepared(items):
-            output.write(result.pem)
-            issued += 1
-
     try:
-        with click.progressbar(
-            length=total, label="issuing", file=sys.stderr, show_pos=True, show_eta=True
-        ) as bar:
-            for number, entry in _batch_lines(path):
-                bar.update(1)
-                try:
-                    if isinstance(entry, Exception):
-                        raise KakuinError(f"not valid JSON ({entry})")
-                    if not isinstance(entry, dict) or "profile" not in entry or "csr" not in entry:
-                        raise KakuinError("expected an object with profile and csr")
-                    request = IssuanceRequest(
-                        profile=entry["profile"],
-                        csr=entry["csr"],
-                        applicant=entry.get("applicant"),
-                        authority=entry.get("authority"),
-                        actor=actor(),
-                    )
-                    prepared = ctx.issuer.prepare(request)
-                except KakuinError as exc:
-                    refused.append(f"line {number}: {exc}")
-                    continue
-                pending.setdefault(prepared.authority.name, []).append(prepared)
-                if len(pending[prepared.authority.name]) >= batch_size:
-                    flush(prepared.authority.name)
-            for name in list(pending):
-                flush(name)
+        with (
+            click.progressbar(
+                length=total, label="issuing", file=sys.stderr, show_pos=True, show_eta=True
+            ) as bar,
+            path.open(encoding="utf-8") as lines,
+        ):
+            for outcome in bulk.run(lines):
+                for item in outcome.issued:
+                    output.write(item.pem)
+                issued += len(outcome.issued)
+                refused.extend(outcome.refused)
+                bar.update(outcome.lines)
     finally:
         if out:
             output.close()

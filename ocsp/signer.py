@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, padding
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from ca.revocation import REASON_CODES
 from ca.signed_status import answer_status
-from hsm import TokenECPrivateKey, TokenPrivateKey, signature_hash
+from hsm import TokenPrivateKey
 from ocsp import der
 
 
@@ -58,11 +59,19 @@ class ResponderIdentity:
 
 
 class ResponderSigner:
-    def __init__(self, identity: ResponderIdentity, key: TokenPrivateKey) -> None:
+    def __init__(
+        self,
+        identity: ResponderIdentity,
+        key: TokenPrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey,
+    ) -> None:
         self.identity = identity
         self.key = key
-        self._hash = signature_hash(key)
-        kind = "ec" if isinstance(key, TokenECPrivateKey) else "rsa"
+        self._hash: hashes.SHA256 | hashes.SHA384 = (
+            hashes.SHA384()
+            if isinstance(key, ec.EllipticCurvePrivateKey) and key.key_size == 384
+            else hashes.SHA256()
+        )  # RFC 5480 §4, as hsm.signature_hash pairs them
+        kind = "ec" if isinstance(key, ec.EllipticCurvePrivateKey) else "rsa"
         algorithm = der.SIGNATURE_ALGORITHMS[(kind, self._hash.name)]
         key_hash = x509.SubjectKeyIdentifier.from_public_key(key.public_key()).digest  # SHA-1 of the key bits
         self.template = der.ResponseTemplate.build(key_hash, algorithm, identity.certificate_der)
@@ -78,7 +87,7 @@ class ResponderSigner:
     def sign(self, responses: list[bytes], produced_at: datetime, nonce: bytes | None = None) -> bytes:
         extensions = der.nonce_extensions(nonce) if nonce is not None else b""
         tbs = self.template.tbs(produced_at, responses, extensions)
-        if isinstance(self.key, TokenECPrivateKey):
+        if isinstance(self.key, ec.EllipticCurvePrivateKey):
             signature = self.key.sign(tbs, ec.ECDSA(self._hash))
         else:
             signature = self.key.sign(tbs, padding.PKCS1v15(), self._hash)

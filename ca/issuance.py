@@ -70,6 +70,13 @@ class IssuedCertificate:
         return self.certificate.public_bytes(Encoding.PEM).decode("ascii")
 
 
+def serves_status(profile: Profile) -> bool:
+    """A delegated OCSP responder certificate (id-kp-OCSPSigning only): the one thing a legacy or
+    terminated authority still certifies, because it keeps answering for its certificates until
+    the last of them expires (docs/lifecycle.md)."""
+    return tuple(profile.extended_key_usage) == (x509.oid.ExtendedKeyUsageOID.OCSP_SIGNING,)
+
+
 class Issuer:
     def __init__(
         self,
@@ -110,7 +117,7 @@ class Issuer:
                 )
             name = profile.authority
         authority = self.registry.get(name)
-        if authority.record.state != "active":
+        if authority.record.state != "active" and not serves_status(profile):
             raise Forbidden(
                 f"authority {name} is {authority.record.state} and issues no more", field="authority"
             )

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -15,6 +16,7 @@ from ca.errors import BadRequest
 from ca.lifecycle_store import LifecycleStore
 from ca.service import CAContext
 from ca.timeutil import utcnow
+from kakuin import services
 from kakuin.common import State, actor, fail, pass_state, reports_errors
 
 
@@ -214,11 +216,108 @@ def ca_terminate(state: State, name: str, reason: str, yes: bool) -> None:
         f"final CRL nextUpdate {result.final_next_update:%Y-%m-%d %H:%M:%S}Z"
     )
     publish_final_crl(ctx, name, result)
+    for line in keep_status_served(ctx):
+        click.echo(line)
 
 
 def publish_final_crl(ctx: CAContext, name: str, result: termination.Termination) -> None:
-    """The final CRL is the CRL service's to build and sign (crl/)."""
-    click.echo("final CRL: the CRL publisher (crl/) is not available in this build", err=True)
+    """Every CRL scope of the authority once more, valid until ``final_next_update`` (beyond the
+    last certificate's expiry) and without a freshestCRL pointer: no delta follows a final CRL.
+    The CRL service builds and signs them; this only tells it for how long."""
+    from crl.config import load_crl_settings
+    from crl.publisher import Publisher
+    from crl.reader import COMPLETE
+
+    seconds = int((result.final_next_update - utcnow()).total_seconds()) + 1
+    settings = replace(load_crl_settings(ctx.settings), full_validity=seconds, deltas=False)
+    publisher = Publisher(ctx, settings, actor=actor())
+    scopes = publisher.scopes(name) if name in ctx.hierarchy.authorities else [COMPLETE]
+    for scope in scopes:
+        outcome = publisher.publish_full(name, scope)
+        url = publisher.url(name, scope, "full")
+        if outcome.record is None:
+            click.echo(f"final CRL {url}: {outcome.note}", err=True)
+        else:
+            click.echo(
+                f"final CRL {url} #{outcome.record.number}: {outcome.record.entries} entries, "
+                f"next update {outcome.record.next_update:%Y-%m-%d %H:%M:%S}Z"
+            )
+    lifecycle_store(ctx).audit(
+        actor(),
+        "authority.final_crl",
+        name,
+        detail={"scopes": len(scopes), "next_update": result.final_next_update.isoformat()},
+    )
+
+
+def keep_status_served(ctx: CAContext, quiet: bool = True) -> list[str]:
+    """What the CRL and OCSP services do for *active* authorities only, done here for legacy and
+    terminated ones whose certificates have not all expired: a current delegated OCSP responder
+    certificate, and (legacy) a complete CRL that is not due. A terminated authority's final CRL
+    already lasts beyond its last certificate. Authorities whose key is outside the token are
+    skipped (nothing can sign for them). Returns what was done, one line each."""
+    from crl.config import load_crl_settings
+    from crl.publisher import Publisher
+    from crl.reader import COMPLETE
+    from ocsp.responders import ResponderKeys, issue_responder
+    from ocsp.settings import load_ocsp_settings
+
+    now = utcnow()
+    store = lifecycle_store(ctx)
+    done: list[str] = []
+    crl_settings = load_crl_settings(ctx.settings)
+    ocsp_settings = load_ocsp_settings(ctx.settings)
+    keys = ResponderKeys(ctx.engine)
+    for record in store.authorities():
+        if record.state not in ("legacy", "terminated"):
+            continue
+        last = store.last_expiry(record.id)
+        generations = [g for g in store.key_generations(record.id) if g.active]
+        if last is None or last <= now or not generations:
+            continue
+        if generations[-1].key_label.startswith(legacy.EXTERNAL_PREFIX):
+            continue
+        current = keys.current(record.id, now)
+        if current is None or current.remaining_fraction(now) < ocsp_settings.renew_fraction:
+            issued = issue_responder(ctx, record, ocsp_settings.responder_key, "kakuin lifecycle")
+            done.append(
+                f"OCSP responder g{issued.generation} for {record.name} until {issued.not_after:%Y-%m-%d}"
+            )
+        if record.state == "legacy":
+            publisher = Publisher(ctx, crl_settings, actor="kakuin lifecycle")
+            latest = publisher.store.latest(record.id, COMPLETE, "full")
+            due = latest is None or (now - latest.this_update).total_seconds() >= crl_settings.full_interval
+            if due:
+                outcome = publisher.publish_full(record.name, COMPLETE)
+                if outcome.record is not None:
+                    done.append(
+                        f"CRL {publisher.url(record.name, COMPLETE, 'full')} #{outcome.record.number} "
+                        f"({outcome.record.entries} entries)"
+                    )
+    if not quiet:
+        for line in done:
+            click.echo(line)
+    return done
+
+
+def _lifecycle_job(ctx: CAContext) -> None:
+    keep_status_served(ctx)
+
+
+def _job_interval(ctx: CAContext) -> float:
+    from crl.config import load_crl_settings
+
+    return float(load_crl_settings(ctx.settings).poll)
+
+
+@click.command("serve-status")
+@pass_state
+@reports_errors
+def ca_serve_status(state: State) -> None:
+    """Once now what `kakuin up` does periodically for legacy and terminated authorities: a current
+    OCSP responder certificate and, for legacy ones, a fresh complete CRL."""
+    if not keep_status_served(state.ctx, quiet=False):
+        click.echo("nothing due")
 
 
 # -- legacy migration ----------------------------------------------------------------------------
@@ -314,6 +413,8 @@ def import_legacy(
     if not plan.create_authority:
         key = "as before"
     click.echo(f"imported into {authority} ({record.state}, key {key}): {summary}")
+    for line in keep_status_served(ctx):
+        click.echo(line)
 
 
 def register(main: click.Group) -> None:
@@ -324,3 +425,5 @@ def register(main: click.Group) -> None:
     ca_group.add_command(ca_rollover)
     ca_group.add_command(ca_links)
     ca_group.add_command(ca_terminate)
+    ca_group.add_command(ca_serve_status)
+    services.JOBS.append(services.Job("lifecycle-status", _lifecycle_job, _job_interval))

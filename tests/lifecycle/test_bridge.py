@@ -8,7 +8,7 @@ recorded on the bridge and the cross certificate leaves the published set.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -25,6 +25,8 @@ from ca import crosscert
 from ca.errors import BadRequest, NotFound
 from ca.lifecycle_store import LifecycleStore
 from ca.service import CAContext
+from crl.config import load_crl_settings
+from crl.publisher import Publisher
 from tests.conftest import openssl
 from tests.lifecycle.conftest import (
     GPKI_POLICY,
@@ -183,6 +185,7 @@ def _openssl_verify(
     untrusted: list[x509.Certificate],
     leaf: x509.Certificate,
     policy: str,
+    *extra: str,
 ) -> tuple[int, str]:
     (directory / "anchor.pem").write_bytes(pem(anchor))
     (directory / "untrusted.pem").write_bytes(pem(*untrusted))
@@ -198,20 +201,31 @@ def _openssl_verify(
         str(directory / "anchor.pem"),
         "-untrusted",
         str(directory / "untrusted.pem"),
+        *extra,
         str(directory / "leaf.pem"),
     )
     return result.returncode, (result.stdout + result.stderr).decode()
 
 
 def _pyhanko(
-    anchor: x509.Certificate, untrusted: list[x509.Certificate], leaf: x509.Certificate, policy: str
+    anchor: x509.Certificate,
+    untrusted: list[x509.Certificate],
+    leaf: x509.Certificate,
+    policy: str,
+    crls: list[x509.CertificateRevocationList] | None = None,
 ) -> list[str]:
-    """Validate with pyhanko-certvalidator; returns the subjects of the path it found."""
+    """Validate with pyhanko-certvalidator; returns the subjects of the path it found. With
+    ``crls``, revocation is checked for every certificate of the path (hard-fail)."""
 
     def a(c: x509.Certificate) -> ax.Certificate:
         return ax.Certificate.load(c.public_bytes(Encoding.DER))
 
-    context = ValidationContext(trust_roots=[a(anchor)], allow_fetching=False, revocation_mode="soft-fail")
+    context = ValidationContext(
+        trust_roots=[a(anchor)],
+        allow_fetching=False,
+        crls=[c.public_bytes(Encoding.DER) for c in crls or []],
+        revocation_mode="hard-fail" if crls is not None else "soft-fail",
+    )
     validator = CertificateValidator(
         a(leaf),
         intermediate_certs=[a(c) for c in untrusted],
@@ -351,12 +365,84 @@ def test_refusals_name_the_option_and_change_nothing(bridged: Bridged, tmp_path:
     assert after == before
 
 
-def test_revoked_cross_certificate_is_on_the_bridge_and_leaves_the_published_set(bridged: Bridged) -> None:
-    """Revoking the bridge's cross certificate to GPKI: the bridge's record says so (the ARL
-    partition, where CRL/OCSP read it) and relying parties no longer get it from `export`."""
-    lg2g = bridged.certs["lg:gpki"]
+def publish_all(ctx: CAContext, directory: Path) -> list[x509.CertificateRevocationList]:
+    """Every CRL and ARL of every authority, published now by Kakuin's CRL service (what a
+    relying party would have fetched)."""
+    publisher = Publisher(ctx, replace(load_crl_settings(ctx.settings), directory=directory))
+    outcomes = publisher.publish()
+    outcomes += publisher.publish(delta=True)  # full CRLs name their delta (freshestCRL)
+    assert outcomes and all(o.record is not None for o in outcomes)
+    crls = []
+    for outcome in outcomes:
+        assert outcome.record is not None
+        crls.append(x509.load_der_x509_crl((directory / outcome.record.path).read_bytes()))
+    return crls
+
+
+def test_revoked_cross_certificates_fail_crl_checks_both_ways(
+    bridged: Bridged, rsa_key: rsa.RSAPrivateKey, tmp_path: Path
+) -> None:
+    """With every CRL and ARL from both Kakuins, both relying parties validate with
+    -crl_check_all; once each side's bridge revokes its cross certificate (listed on the bridge's
+    ARL), the path through it fails as revoked, in openssl and pyhanko-certvalidator."""
+    lgpki, gpki = bridged.lgpki, bridged.gpki
+    user = issue_org_user(lgpki, rsa_key).certificate
+    official = issue_gpki_official(gpki, rsa_key)
+    cases = [
+        (
+            gpki.authorities.get("gpki-root").certificate,
+            [bridged.certs["g:root-to-bridge"], bridged.certs["g:lgpki"], bridged.certs["lg:bridge-to-org"]],
+            user,
+            GPKI_POLICY,
+        ),
+        (
+            lgpki.authorities.get("lgpki-root").certificate,
+            [
+                bridged.certs["lg:root-to-bridge"],
+                bridged.certs["lg:gpki"],
+                bridged.certs["g:bridge-to-root"],
+                gpki.authorities.get("gpki-officials").certificate,
+            ],
+            official,
+            LGPKI_POLICY,
+        ),
+    ]
+
+    def check(round_: str) -> list[tuple[int, str]]:
+        crls = publish_all(lgpki, tmp_path / f"crl-lg-{round_}") + publish_all(
+            gpki, tmp_path / f"crl-g-{round_}"
+        )
+        (tmp_path / "crls.pem").write_bytes(b"".join(c.public_bytes(Encoding.PEM) for c in crls))
+        results = []
+        for anchor, untrusted, leaf, policy in cases:
+            results.append(
+                _openssl_verify(
+                    tmp_path,
+                    anchor,
+                    untrusted,
+                    leaf,
+                    policy,
+                    "-crl_check_all",
+                    "-CRLfile",
+                    str(tmp_path / "crls.pem"),
+                )
+            )
+            try:
+                _pyhanko(anchor, untrusted, leaf, policy, crls=crls)
+                results[-1] = (results[-1][0], results[-1][1] + " | pyhanko: valid")
+            except (PathValidationError, PathBuildingError) as exc:
+                results[-1] = (results[-1][0], results[-1][1] + f" | pyhanko: {type(exc).__name__}: {exc}")
+        return results
+
+    for code, output in check("before"):
+        assert code == 0 and output.split(" | ")[0].strip().endswith(": OK") and output.endswith("pyhanko: valid"), (
+            output
+        )
+
+    # Each bridge revokes its cross certificate to the other: ours through the CLI, GPKI's in its store.
+    lg2g, g2lg = bridged.certs["lg:gpki"], bridged.certs["g:lgpki"]
     result = run_cli(
-        bridged.lgpki,
+        lgpki,
         "revoke",
         format(lg2g.serial_number, "x"),
         "--authority",
@@ -365,9 +451,18 @@ def test_revoked_cross_certificate_is_on_the_bridge_and_leaves_the_published_set
         "cessation-of-operation",
     )
     assert result.exit_code == 0, result.output
-    row = bridged.lgpki.store.certificate("lgpki-bridge", lg2g.serial_number)
+    gpki.store.revoke(
+        authority="gpki-bridge", serial=g2lg.serial_number, reason="cessationOfOperation", actor="test"
+    )
+    row = lgpki.store.certificate("lgpki-bridge", lg2g.serial_number)
     assert (row.status, row.partition, row.revocation_reason) == ("revoked", "arl", "cessationOfOperation")
-    listed = LifecycleStore(bridged.lgpki.engine).cross_certificates("lgpki-bridge")
+
+    for code, output in check("after"):
+        assert code != 0 and "certificate revoked" in output, output
+        assert "pyhanko: RevokedError" in output or "revoked" in output.split(" | pyhanko: ")[1], output
+
+    # The bridge's records say so, and relying parties no longer get it from `export`.
+    listed = LifecycleStore(lgpki.engine).cross_certificates("lgpki-bridge")
     assert [r.status for r in listed if r.serial == row.serial] == ["revoked"]
-    exported = run_cli(bridged.lgpki, "cross-certify", "export").stdout.encode()
+    exported = run_cli(lgpki, "cross-certify", "export").stdout.encode()
     assert lg2g.serial_number not in {c.serial_number for c in x509.load_pem_x509_certificates(exported)}

@@ -31,6 +31,9 @@ class CRLScope(Base):
     authority_id: Mapped[int] = mapped_column(ForeignKey("authorities.id"))
     partition: Mapped[str] = mapped_column(String(32))
     last_number: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The certificate whose CRL distribution point names this partition in the CRLs'
+    # issuingDistributionPoint; chosen once, so every CRL of the scope names it the same way.
+    sample_certificate_id: Mapped[int | None] = mapped_column(ForeignKey("certificates.id"))
 
 
 class PublishedCRL(Base):
@@ -47,6 +50,7 @@ class PublishedCRL(Base):
     kind: Mapped[str] = mapped_column(String(8))  # full | delta
     number: Mapped[int] = mapped_column(BigInteger)
     base_number: Mapped[int | None] = mapped_column(BigInteger)  # deltas: the full CRL they extend
+    idp_certificate_id: Mapped[int | None] = mapped_column(BigID)  # the sample its IDP was named from
     this_update: Mapped[datetime] = mapped_column(UTCDateTime)
     next_update: Mapped[datetime] = mapped_column(UTCDateTime)
     key_generation_id: Mapped[int] = mapped_column(ForeignKey("key_generations.id"))

@@ -76,7 +76,7 @@ class Publisher:
         self.actor = actor
         self.reader = RevocationReader(ctx.engine)
         self.store = CRLStore(ctx.engine, clock)
-        self._scope_names: dict[tuple[str, str], tuple[x509.GeneralName, ...]] = {}
+        self._scope_names: dict[tuple[str, str, int | None], tuple[x509.GeneralName, ...]] = {}
 
     # -- scopes -----------------------------------------------------------------------------
 
@@ -103,28 +103,41 @@ class Publisher:
     def url(self, authority: str, partition: str, kind: str) -> str:
         return paths.url(self.ctx.settings.crl_base_url, authority, partition, kind)
 
-    def _scope_names_for(self, authority: LoadedAuthority, partition: str) -> tuple[x509.GeneralName, ...]:
+    def _scope_names_for(
+        self, authority: LoadedAuthority, partition: str, sample: int | None
+    ) -> tuple[x509.GeneralName, ...]:
         """The issuingDistributionPoint names: the URI certificates of the partition carry, and
-        the directoryName they carry when it names the partition (JPKI's per-municipality DNs),
-        not just the issuer (then it would match every partition's CRL)."""
+        the directoryName the sample certificate carries when it names the partition (JPKI's
+        per-municipality DNs), not just the issuer (then it would match every partition's CRL)."""
         if partition == COMPLETE:
             return ()
-        key = (authority.name, partition)
+        key = (authority.name, partition, sample)
         cached = self._scope_names.get(key)
         if cached is not None:
             return cached
-        uri = x509.UniformResourceIdentifier(self.url(authority.name, partition, "full"))
         names: list[x509.GeneralName] = []
         if partition == ARL:
             names.append(x509.DirectoryName(authority.certificate.subject))
-        else:
-            sample = self.reader.sample_certificate(authority.record.id, partition)
-            if sample is not None:
-                names.extend(_partition_directory_names(sample, authority.certificate.subject))
-        names.append(uri)
+        elif sample is not None:
+            der = self.reader.certificate_der(sample)
+            if der is not None:
+                names.extend(_partition_directory_names(der, authority.certificate.subject))
+        names.append(x509.UniformResourceIdentifier(self.url(authority.name, partition, "full")))
         result = tuple(names)
         self._scope_names[key] = result
         return result
+
+    def _sample(self, record: AuthorityRecord, partition: str, scope_id: int) -> int | None:
+        """The scope's sample certificate, fixed the first time one exists (so the IDP of every
+        later full CRL, and of the deltas that name them as base, stays byte for byte the same)."""
+        if partition in (COMPLETE, ARL):
+            return None
+        sample = self.store.scope_sample(scope_id)
+        if sample is None:
+            found = self.reader.sample_certificate(record.id, partition)
+            if found is not None:
+                sample = self.store.set_scope_sample(scope_id, found)
+        return sample
 
     def count_entries(self, name: str, partition: str) -> int:
         """How many entries the next full CRL of the scope will have (for progress bars)."""
@@ -145,6 +158,7 @@ class Publisher:
         number: int,
         this_update: datetime,
         next_update: datetime,
+        sample: int | None,
         base_number: int | None = None,
     ) -> CRLRequest:
         ski = authority.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
@@ -157,7 +171,7 @@ class Publisher:
             number=number,
             this_update=this_update,
             next_update=next_update,
-            scope=self._scope_names_for(authority, partition),
+            scope=self._scope_names_for(authority, partition, sample),
             only_ca_certs=partition == ARL,
             base_number=base_number,
             freshest=freshest,
@@ -174,9 +188,12 @@ class Publisher:
         this_update = allocation.this_update
         next_update = this_update + timedelta(seconds=self.settings.full_validity)
         cutoff = previous.this_update if previous else this_update
-        request = self._request(authority, partition, allocation.number, this_update, next_update)
+        sample = self._sample(record, partition, allocation.scope_id)
+        request = self._request(authority, partition, allocation.number, this_update, next_update, sample)
         entries = self.reader.revoked_entries(record.id, partition, cutoff)
-        return self._write_and_record(authority, partition, "full", allocation, request, entries, progress)
+        return self._write_and_record(
+            authority, partition, "full", allocation, request, entries, progress, sample=sample
+        )
 
     def publish_delta(self, name: str, partition: str) -> Outcome:
         paths.check_partition(partition)
@@ -191,8 +208,15 @@ class Publisher:
         allocation = self.store.allocate(record.id, partition)
         this_update = allocation.this_update
         next_update = this_update + timedelta(seconds=self.settings.delta_validity)
+        # The same issuingDistributionPoint as the base (OpenSSL compares them byte for byte).
         request = self._request(
-            authority, partition, allocation.number, this_update, next_update, base_number=base.number
+            authority,
+            partition,
+            allocation.number,
+            this_update,
+            next_update,
+            base.idp_certificate_id,
+            base_number=base.number,
         )
         since = base.this_update - timedelta(seconds=self.settings.overlap)
         changes = self.reader.changes(record.id, partition, since, cutoff=base.this_update)
@@ -211,7 +235,15 @@ class Publisher:
                 encoded.append(der.encode_entry(serial, der.digits14(change.changed_at), "remove_from_crl"))
         chunks = [(len(encoded), b"".join(encoded))] if encoded else []
         return self._write_and_record(
-            authority, partition, "delta", allocation, request, chunks, None, base.number
+            authority,
+            partition,
+            "delta",
+            allocation,
+            request,
+            chunks,
+            None,
+            base.number,
+            base.idp_certificate_id,
         )
 
     def _write_and_record(
@@ -224,6 +256,7 @@ class Publisher:
         entries: EntryChunks,
         progress: Callable[[int], None] | None,
         base_number: int | None = None,
+        sample: int | None = None,
     ) -> Outcome:
         relative = paths.file_path(authority.name, partition, kind, allocation.number)
         target = self.settings.directory / relative
@@ -241,6 +274,7 @@ class Publisher:
             partition=partition,
             kind=kind,
             base_number=base_number,
+            idp_certificate_id=sample,
             next_update=request.next_update,
             key_generation_id=authority.generation.id,
             entries=built.entries,

@@ -219,23 +219,26 @@ class RevocationReader:
             ).first()
             return ca_row is not None
 
-    def sample_certificate(self, authority_id: int, partition: str) -> bytes | None:
-        """The DER of one certificate of the partition (its CRL distribution point names the
-        partition the way relying parties will look for it)."""
+    def sample_certificate(self, authority_id: int, partition: str) -> int | None:
+        """The id of some certificate of the partition (its CRL distribution point names the
+        partition the way relying parties will look for it). Equality on status keeps this one
+        index seek however big the partition is."""
+        c = certs_t.c
         with self.engine.connect() as conn:
-            row = conn.execute(
-                select(certs_t.c.der)
-                .where(
-                    and_(
-                        certs_t.c.authority_id == authority_id,
-                        certs_t.c.partition == partition,
-                        certs_t.c.der.is_not(None),
-                    )
-                )
-                .order_by(certs_t.c.id.desc())
-                .limit(1)
-            ).first()
-        return None if row is None else bytes(row[0])
+            for status in ("issued", "revoked", "on_hold"):
+                found = conn.execute(
+                    select(c.id)
+                    .where(and_(c.authority_id == authority_id, c.partition == partition, c.status == status))
+                    .limit(1)
+                ).scalar()
+                if found is not None:
+                    return int(found)
+        return None
+
+    def certificate_der(self, certificate_id: int) -> bytes | None:
+        with self.engine.connect() as conn:
+            value = conn.execute(select(certs_t.c.der).where(certs_t.c.id == certificate_id)).scalar()
+        return None if value is None else bytes(value)
 
 
 def _driver_sql(conn: Connection, statement: Select[Any]) -> tuple[str, Any]:

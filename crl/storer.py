@@ -46,6 +46,7 @@ class PublishedRecord:
     kind: str
     number: int
     base_number: int | None
+    idp_certificate_id: int | None
     this_update: datetime
     next_update: datetime
     key_generation_id: int
@@ -65,6 +66,7 @@ def _record(m: RowMapping) -> PublishedRecord:
         kind=m["kind"],
         number=int(m["number"]),
         base_number=None if m["base_number"] is None else int(m["base_number"]),
+        idp_certificate_id=m["idp_certificate_id"],
         this_update=m["this_update"],
         next_update=m["next_update"],
         key_generation_id=m["key_generation_id"],
@@ -112,6 +114,28 @@ class CRLStore:
             scope_id, number = conn.execute(select(scopes_t.c.id, scopes_t.c.last_number).where(where)).one()
             return Allocation(scope_id=int(scope_id), number=int(number), this_update=self.clock())
 
+    def scope_sample(self, scope_id: int) -> int | None:
+        with self._connect() as conn:
+            value = conn.execute(
+                select(scopes_t.c.sample_certificate_id).where(scopes_t.c.id == scope_id)
+            ).scalar()
+        return None if value is None else int(value)
+
+    def set_scope_sample(self, scope_id: int, certificate_id: int) -> int:
+        """Fix the scope's sample certificate once; returns the one that is fixed (ours, or a
+        concurrent publisher's)."""
+        with self._begin() as conn:
+            conn.execute(
+                update(scopes_t)
+                .where(and_(scopes_t.c.id == scope_id, scopes_t.c.sample_certificate_id.is_(None)))
+                .values(sample_certificate_id=certificate_id)
+            )
+            return int(
+                conn.execute(
+                    select(scopes_t.c.sample_certificate_id).where(scopes_t.c.id == scope_id)
+                ).scalar_one()
+            )
+
     def record(
         self,
         allocation: Allocation,
@@ -120,6 +144,7 @@ class CRLStore:
         partition: str,
         kind: str,
         base_number: int | None,
+        idp_certificate_id: int | None,
         next_update: datetime,
         key_generation_id: int,
         entries: int,
@@ -152,6 +177,7 @@ class CRLStore:
                     kind=kind,
                     number=allocation.number,
                     base_number=base_number,
+                    idp_certificate_id=idp_certificate_id,
                     this_update=allocation.this_update,
                     next_update=next_update,
                     key_generation_id=key_generation_id,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -317,7 +317,9 @@ def small(
     ctx.engine.dispose()
 
 
-def issue_org_user(ctx: CAContext, key: rsa.RSAPrivateKey, name: str = "Hanako Yamada") -> IssuedCertificate:
+def issue_org_user(
+    ctx: CAContext, key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, name: str = "Hanako Yamada"
+) -> IssuedCertificate:
     applicant = dict(APPLICANTS["lgpki-org-user"], common_name=name)
     return ctx.issuer.issue(
         IssuanceRequest(profile="lgpki-org-user", csr=make_csr(key), applicant=applicant, actor="test")

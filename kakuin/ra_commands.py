@@ -44,8 +44,14 @@ def _launch_ra(ctx: CAContext) -> services.ServiceProcess:
     )
 
 
+def _sweep_idempotency_keys(ctx: CAContext) -> None:
+    """Idempotency keys are kept 24 hours (docs/ra.md); older ones are deleted hourly."""
+    RegistrationStore(ctx.engine).sweep_idempotency_keys()
+
+
 if _launch_ra not in services.LAUNCHERS:
     services.LAUNCHERS.append(_launch_ra)
+    services.JOBS.append(services.Job("ra-idempotency-sweep", _sweep_idempotency_keys, lambda _ctx: 3600.0))
 
 
 def _read_passphrase(passphrase_file: str | None) -> bytes:

@@ -249,6 +249,12 @@ def create_app(ctx: CAContext | None = None, config: str | None = None) -> Flask
         g.started = time.perf_counter()
         g.request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
         g.caller = None
+        if (
+            "\x00" in request.path
+            or "\x00" in request.query_string.decode("latin-1")
+            or any("\x00" in v for v in request.args.values())
+        ):
+            return problem_response(400, "bad-request", "NUL characters are not allowed", "path")
         sock = request.environ.get("gunicorn.socket")
         der = None
         if sock is not None and hasattr(sock, "getpeercert"):
@@ -333,77 +339,106 @@ def create_app(ctx: CAContext | None = None, config: str | None = None) -> Flask
             )
         raw = request.get_data(cache=True)
         try:
-            return json.loads(raw) if raw else None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            data = json.loads(raw) if raw else None
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise Problem(400, "malformed-json", f"the body is not valid JSON ({exc})", "body") from None
+        _refuse_nul(data, "body")
+        return data
 
-    def answer(view: Callable[..., Response]) -> Callable[..., Response]:
+    def replay(row: dict[str, Any], digest: str) -> Response:
+        if row["request_hash"] != digest:
+            return problem_response(
+                422,
+                "idempotency-key-reused",
+                "this Idempotency-Key was used with another request",
+                "Idempotency-Key",
+            )
+        if row["status"] is None:
+            return problem_response(
+                409,
+                "idempotency-key-in-use",
+                "a request with this Idempotency-Key is still being processed",
+                "Idempotency-Key",
+            )
+        response = Response(row["body"], status=row["status"], mimetype=row["content_type"])
+        if row["location"]:
+            response.headers["Location"] = row["location"]
+        response.headers["Idempotent-Replayed"] = "true"
+        return response
+
+    def stored(response: Response) -> StoredAnswer:
+        return StoredAnswer(
+            response.status_code,
+            response.mimetype or "application/json",
+            response.headers.get("Location"),
+            response.get_data(as_text=True),
+        )
+
+    def idempotent(creates: bool) -> Callable[[Callable[..., Response]], Callable[..., Response]]:
         """Idempotency-Key on POST: the first answer is stored and replayed for the same key and
-        body; the same key with another body is refused (422); a key still being processed
-        answers 409. Keys are per account and kept 24 hours."""
+        body; the same key with another body is refused (422). Keys are per account, kept 24 hours.
 
-        @wraps(view)
-        def wrapper(*args: Any, **kwargs: Any) -> Response:
-            who = caller()
-            key = request.headers.get("Idempotency-Key")
-            if key is None:
-                return problem_response(
-                    400,
-                    "idempotency-key-required",
-                    "every POST needs an Idempotency-Key header",
-                    "Idempotency-Key",
-                )
-            if not _IDEMPOTENCY_KEY.fullmatch(key):
-                return problem_response(
-                    400, "bad-request", "1 to 255 printable ASCII characters", "Idempotency-Key"
-                )
-            if who is None or who.account is None:
-                return _run(view, args, kwargs)
-            digest = hashlib.sha256(
-                request.method.encode() + b" " + request.path.encode() + b"\n" + request.get_data(cache=True)
-            ).hexdigest()
-            claim_id, row = store.claim_idempotency_key(who.account.id, key, digest)
-            if row is not None:
-                if row["request_hash"] != digest:
+        ``creates``: the operation makes a new row each time it runs (a submission, a revocation
+        request), so the key is claimed in its own transaction *before* the work, and a
+        concurrent retry answers 409 instead of creating a twin. Every other POST is a guarded
+        state change (a second identical review is refused by the state machine anyway): its key
+        is read before and written once after, one commit less on the hot path; if two identical
+        requests race, the loser's answer is replaced by the winner's."""
+
+        def decorate(view: Callable[..., Response]) -> Callable[..., Response]:
+            @wraps(view)
+            def wrapper(*args: Any, **kwargs: Any) -> Response:
+                who = caller()
+                key = request.headers.get("Idempotency-Key")
+                if key is None:
                     return problem_response(
-                        422,
-                        "idempotency-key-reused",
-                        "this Idempotency-Key was used with another request",
+                        400,
+                        "idempotency-key-required",
+                        "every POST needs an Idempotency-Key header",
                         "Idempotency-Key",
                     )
-                if row["status"] is None:
+                if not _IDEMPOTENCY_KEY.fullmatch(key):
                     return problem_response(
-                        409,
-                        "idempotency-key-in-use",
-                        "a request with this Idempotency-Key is still being processed",
-                        "Idempotency-Key",
+                        400, "bad-request", "1 to 255 printable ASCII characters", "Idempotency-Key"
                     )
-                replay = Response(row["body"], status=row["status"], mimetype=row["content_type"])
-                if row["location"]:
-                    replay.headers["Location"] = row["location"]
-                replay.headers["Idempotent-Replayed"] = "true"
-                return replay
-            assert claim_id is not None
-            try:
-                response = _run(view, args, kwargs)
-            except Exception:
-                store.release_idempotency_key(claim_id)
-                raise
-            if response.status_code >= 500:
-                store.release_idempotency_key(claim_id)
-            else:
-                store.complete_idempotency_key(
-                    claim_id,
-                    StoredAnswer(
-                        response.status_code,
-                        response.mimetype or "application/json",
-                        response.headers.get("Location"),
-                        response.get_data(as_text=True),
-                    ),
-                )
-            return response
+                if who is None or who.account is None:
+                    return _run(view, args, kwargs)
+                account_id = who.account.id
+                digest = hashlib.sha256(
+                    request.method.encode()
+                    + b" "
+                    + request.path.encode()
+                    + b"\n"
+                    + request.get_data(cache=True)
+                ).hexdigest()
+                if not creates:
+                    previous = store.idempotency_key(account_id, key)
+                    if previous is not None:
+                        return replay(previous, digest)
+                    response = _run(view, args, kwargs)
+                    if response.status_code < 500:
+                        winner = store.record_idempotency_key(account_id, key, digest, stored(response))
+                        if winner is not None:
+                            return replay(winner, digest)
+                    return response
+                claim_id, row = store.claim_idempotency_key(account_id, key, digest)
+                if row is not None:
+                    return replay(row, digest)
+                assert claim_id is not None
+                try:
+                    response = _run(view, args, kwargs)
+                except Exception:
+                    store.release_idempotency_key(claim_id)
+                    raise
+                if response.status_code >= 500:
+                    store.release_idempotency_key(claim_id)
+                else:
+                    store.complete_idempotency_key(claim_id, stored(response))
+                return response
 
-        return wrapper
+            return wrapper
+
+        return decorate
 
     def _run(view: Callable[..., Response], args: Any, kwargs: Any) -> Response:
         try:
@@ -457,7 +492,7 @@ def create_app(ctx: CAContext | None = None, config: str | None = None) -> Flask
     # -- applications --------------------------------------------------------------------------
 
     @app.post("/v1/applications")
-    @answer
+    @idempotent(creates=True)
     def submit() -> Response:
         return show_application(service.submit(caller(), body()), 201)
 
@@ -478,7 +513,7 @@ def create_app(ctx: CAContext | None = None, config: str | None = None) -> Flask
         return show_application(service.application(caller(), app_id))
 
     @app.post("/v1/applications/<int:app_id>/reviews")
-    @answer
+    @idempotent(creates=False)
     def review(app_id: int) -> Response:
         return show_application(service.review(caller(), app_id, body()))
 
@@ -501,12 +536,12 @@ def create_app(ctx: CAContext | None = None, config: str | None = None) -> Flask
         return json_response(certificate_json(record, app_record))
 
     @app.post("/v1/certificates/<authority>/<serial>/revoke")
-    @answer
+    @idempotent(creates=False)
     def revoke(authority: str, serial: str) -> Response:
         return json_response(certificate_json(service.operator_revoke(caller(), authority, serial, body())))
 
     @app.post("/v1/certificates/<authority>/<serial>/release")
-    @answer
+    @idempotent(creates=False)
     def release(authority: str, serial: str) -> Response:
         return json_response(certificate_json(service.operator_release(caller(), authority, serial)))
 
@@ -530,7 +565,7 @@ def create_app(ctx: CAContext | None = None, config: str | None = None) -> Flask
         )
 
     @app.post("/v1/revocation-requests")
-    @answer
+    @idempotent(creates=True)
     def file_request() -> Response:
         return show_request(service.file_revocation_request(caller(), body()), 201)
 
@@ -552,14 +587,14 @@ def create_app(ctx: CAContext | None = None, config: str | None = None) -> Flask
         return show_request(service.revocation_request(caller(), req_id))
 
     @app.post("/v1/revocation-requests/<int:req_id>/reviews")
-    @answer
+    @idempotent(creates=False)
     def review_request(req_id: int) -> Response:
         return show_request(service.review_revocation_request(caller(), req_id, body()))
 
     # -- resident-change feed ------------------------------------------------------------------
 
     @app.post("/v1/resident-events")
-    @answer
+    @idempotent(creates=False)
     def resident_event() -> Response:
         payload = body()
         status, data = service.resident_event(caller(), payload, request.get_data(cache=True))
@@ -580,7 +615,7 @@ def create_app(ctx: CAContext | None = None, config: str | None = None) -> Flask
         )
 
     @app.post("/v1/offices")
-    @answer
+    @idempotent(creates=False)
     def add_office() -> Response:
         office = service.add_office(caller(), body())
         return json_response(
@@ -600,13 +635,13 @@ def create_app(ctx: CAContext | None = None, config: str | None = None) -> Flask
         return json_response({"items": [account_json(a) for a in store.accounts()]})
 
     @app.post("/v1/accounts")
-    @answer
+    @idempotent(creates=False)
     def add_account() -> Response:
         account = service.add_account(caller(), body())
         return json_response(account_json(account), 201, f"/v1/accounts/{account.name}")
 
     @app.post("/v1/accounts/<name>/disable")
-    @answer
+    @idempotent(creates=False)
     def disable_account(name: str) -> Response:
         return json_response(account_json(service.disable_account(caller(), name)))
 
@@ -616,17 +651,31 @@ def create_app(ctx: CAContext | None = None, config: str | None = None) -> Flask
         return json_response({"items": [verifier_json(v) for v in service.verifiers.all()]})
 
     @app.post("/v1/verifiers")
-    @answer
+    @idempotent(creates=False)
     def add_verifier() -> Response:
         record = service.add_verifier(caller(), body())
         return json_response(verifier_json(record), 201, f"/v1/verifiers/{record.name}")
 
     @app.post("/v1/verifiers/<name>/disable")
-    @answer
+    @idempotent(creates=False)
     def disable_verifier(name: str) -> Response:
         return json_response(verifier_json(service.disable_verifier(caller(), name)))
 
     return app
+
+
+def _refuse_nul(value: Any, where: str) -> None:
+    """No text in Kakuin holds U+0000 (PostgreSQL cannot store it; no name or address has it)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise Problem(400, "bad-request", "NUL characters are not allowed", where)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_nul(key, where)
+            _refuse_nul(item, f"{where}.{key}" if where != "body" else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _refuse_nul(item, f"{where}[{index}]")
 
 
 def _drain(stream: Any, limit: int = 8 * 1024 * 1024) -> None:

@@ -240,13 +240,14 @@ class RegistrationService:
                 app, stage=stage, account=account, decision=decision, reason=reason, new_state=new_state
             )
             return self.store.application(app.id)
-        request = self._issuance_request(app, account)
-        self.ctx.issuer.prepare(request)  # still valid (the card may have expired meanwhile)?
+        # Still valid now (the card may have expired since the submission)? Then claim the
+        # application (state ``issuing``: a concurrent second approval loses) and sign once.
+        prepared = self.ctx.issuer.prepare(self._issuance_request(app, account))
         self.store.record_review(
             app, stage=2, account=account, decision="approve", reason=reason, new_state="issuing"
         )
         try:
-            issued: IssuedCertificate = self.ctx.issuer.issue(request)
+            issued: IssuedCertificate = self.ctx.issuer.issue_prepared([prepared])[0]
         except Exception as exc:
             self.store.undo_second_review(app, account, type(exc).__name__)
             raise

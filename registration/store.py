@@ -378,6 +378,8 @@ class RegistrationStore:
         return self.application(app_id)
 
     def application(self, app_id: int) -> ApplicationRecord:
+        if not 0 < app_id < 2**63:  # beyond any id (and beyond what SQLite can bind)
+            raise NotFound(f"no application {app_id}", field="id")
         with self._connect() as conn:
             row = conn.execute(_APPLICATION_QUERY.where(applications_t.c.id == app_id)).mappings().first()
         if row is None:
@@ -599,6 +601,8 @@ class RegistrationStore:
         return self.revocation_request(req_id)
 
     def revocation_request(self, req_id: int) -> RevocationRequestRecord:
+        if not 0 < req_id < 2**63:
+            raise NotFound(f"no revocation request {req_id}", field="id")
         with self._connect() as conn:
             row = conn.execute(select(revreq_t).where(revreq_t.c.id == req_id)).mappings().first()
         if row is None:
@@ -670,8 +674,8 @@ class RegistrationStore:
         self, *, sender: AccountRecord, event_id: str, kind: str, resident_key: str, request_hash: str
     ) -> bool:
         """Insert the event as ``applying``; False if this sender sent this event id before."""
-        with self._begin() as conn:
-            try:
+        try:
+            with self._begin() as conn:
                 conn.execute(
                     insert(events_t).values(
                         sender_id=sender.id,
@@ -684,8 +688,8 @@ class RegistrationStore:
                         received_at=utcnow(),
                     )
                 )
-            except IntegrityError:
-                return False
+        except IntegrityError:
+            return False
         return True
 
     def finish_resident_event(
@@ -718,17 +722,16 @@ class RegistrationStore:
         self, account_id: int, key: str, request_hash: str
     ) -> tuple[int | None, dict[str, Any] | None]:
         """(claim id, None) if this key is new for the account; (None, the stored row) otherwise."""
-        with self._begin() as conn:
-            # Keys live 24 hours; the sweep is cheap with the unique index and keeps the table small.
-            try:
+        try:
+            with self._begin() as conn:
                 result = conn.execute(
                     insert(idem_t).values(
                         account_id=account_id, key=key, request_hash=request_hash, created_at=utcnow()
                     )
                 )
                 return _pk(result), None
-            except IntegrityError:
-                pass
+        except IntegrityError:
+            pass
         with self._connect() as conn:
             row = (
                 conn.execute(
@@ -740,6 +743,41 @@ class RegistrationStore:
         if row is None:  # expired and swept between the two statements: treat as new
             return self.claim_idempotency_key(account_id, key, request_hash)
         return None, dict(row)
+
+    def idempotency_key(self, account_id: int, key: str) -> dict[str, Any] | None:
+        with self._connect() as conn:
+            row = (
+                conn.execute(
+                    select(idem_t).where(and_(idem_t.c.account_id == account_id, idem_t.c.key == key))
+                )
+                .mappings()
+                .first()
+            )
+        return dict(row) if row is not None else None
+
+    def record_idempotency_key(
+        self, account_id: int, key: str, request_hash: str, answer: StoredAnswer
+    ) -> dict[str, Any] | None:
+        """Store a finished answer in one write; returns the row of a concurrent request that
+        stored its answer first (then that answer is the one to give), else None."""
+        try:
+            with self._begin() as conn:
+                conn.execute(
+                    insert(idem_t).values(
+                        account_id=account_id,
+                        key=key,
+                        request_hash=request_hash,
+                        status=answer.status,
+                        content_type=answer.content_type,
+                        location=answer.location,
+                        body=answer.body,
+                        created_at=utcnow(),
+                    )
+                )
+            return None
+        except IntegrityError:
+            pass
+        return self.idempotency_key(account_id, key)
 
     def complete_idempotency_key(self, claim_id: int, answer: StoredAnswer) -> None:
         with self._begin() as conn:

@@ -1,0 +1,389 @@
+"""Registration API end to end: applications per second through submit, first review, second
+review (issuance with the RSA-2048 JPKI signature CA key in SoftHSM2) and collection, with N
+concurrent clients over HTTPS with client certificates against gunicorn on loopback.
+
+    python -m bench.ra [--seconds 20] [--clients 4,16] [--workers 2] [--postgres] [--no-write]
+
+Peers measured in the same run: the same issuance called in-process with no HTTP and no workflow
+(`Issuer.issue`, the ceiling), and a GET /healthz loop over the same mutual-TLS connections (the
+cost of the HTTP layer alone). Bounded in time (each measurement stops after --seconds), loopback
+only. Writes its table into docs/performance.md under "## Registration API".
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+from bench.common import ca_environment, machine_description, table, temp_ca, temp_postgres
+from ca.issuance import IssuanceRequest
+from ca.service import CAContext
+from registration.credentials import ensure_server_credentials, issue_client_certificate
+from registration.residents import load_resident_hasher
+from registration.server import gunicorn_argv
+from registration.store import RegistrationStore
+
+ROOT = Path(__file__).resolve().parent.parent
+APPLICANT = {
+    "name": "山田　花子",
+    "name_substitutes": "00000",
+    "sex": "2",
+    "birth_date": "1985-07-15",
+    "address": "東京都千代田区霞が関二丁目1番2号",
+    "address_substitutes": "00000000000000000",
+    "prefecture": "Tokyo-to",
+    "municipality": "Chiyoda-ku",
+    "municipality_code": "13101",
+    "office_code": "131010001",
+    "card_expiry": "2035-07-15",
+}
+
+
+def _csr(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> str:
+    request = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench")]))
+        .sign(key, hashes.SHA256())
+    )
+    return request.public_bytes(serialization.Encoding.PEM).decode()
+
+
+@dataclass
+class Credentials:
+    cert: str
+    key: str
+
+
+@dataclass
+class Setup:
+    ctx: CAContext
+    base: str
+    ca: str
+    clerk: Credentials
+    reviewer: Credentials
+    operator: Credentials
+    csrs: list[str]
+
+
+def _account(
+    ctx: CAContext, store: RegistrationStore, home: Path, name: str, role: str, office: str | None
+) -> Credentials:
+    record = store.add_account(name, role, office, "bench")
+    key = ec.generate_private_key(ec.SECP256R1())
+    issued = issue_client_certificate(ctx, store, record, _csr(key).encode(), "bench")
+    cert, key_path = home / f"{name}.pem", home / f"{name}.key"
+    cert.write_text(issued.pem)
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return Credentials(str(cert), str(key_path))
+
+
+@contextlib.contextmanager
+def running_ra(ctx: CAContext, workers: int, threads: int) -> Iterator[Setup]:
+    home = ctx.settings.home
+    store = RegistrationStore(ctx.engine)
+    store.add_office("bench", "bench office", "bench")
+    creds = {
+        role: _account(
+            ctx, store, home, f"bench-{role}", role, "bench" if role in ("clerk", "reviewer") else None
+        )
+        for role in ("clerk", "reviewer", "operator")
+    }
+    files = ensure_server_credentials(ctx, "bench")
+    load_resident_hasher(home, create=True)
+    with socket_port() as port:
+        argv = gunicorn_argv(ctx, files, host="127.0.0.1", port=port, workers=workers, threads=threads)
+    env = {**ca_environment(ctx), "PYTHONPATH": str(ROOT)}
+    log = (home / "gunicorn.log").open("wb")
+    process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    base = f"https://127.0.0.1:{port}"
+    csrs = [_csr(rsa.generate_private_key(public_exponent=65537, key_size=2048)) for _ in range(8)]
+    setup = Setup(ctx, base, str(files.client_ca), creds["clerk"], creds["reviewer"], creds["operator"], csrs)
+    try:
+        session = _session(setup, setup.clerk)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if session.get(base + "/healthz", timeout=5).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline or process.poll() is not None:
+                log.flush()
+                tail = (home / "gunicorn.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError("the RA did not start:\n" + tail)
+            time.sleep(0.2)
+        yield setup
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+        log.close()
+
+
+@contextlib.contextmanager
+def socket_port() -> Iterator[int]:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    yield port
+
+
+def _session(setup: Setup, creds: Credentials) -> requests.Session:
+    session = requests.Session()
+    session.trust_env = False
+    session.cert = (creds.cert, creds.key)
+    session.verify = setup.ca
+    return session
+
+
+@dataclass
+class Result:
+    completed: int = 0
+    failed: int = 0
+    app_latencies: list[float] = field(default_factory=list)
+    request_latencies: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _client(setup: Setup, index: int, stop: threading.Event, result: Result, lock: threading.Lock) -> None:
+    clerk, reviewer, operator = (_session(setup, c) for c in (setup.clerk, setup.reviewer, setup.operator))
+    base = setup.base
+    n = 0
+    local_apps: list[float] = []
+    local_requests: list[float] = []
+    completed = failed = 0
+
+    def timed(call, *args, **kwargs):  # type: ignore[no-untyped-def]
+        t0 = time.perf_counter()
+        response = call(*args, timeout=30, **kwargs)
+        local_requests.append(time.perf_counter() - t0)
+        return response
+
+    while not stop.is_set():
+        n += 1
+        started = time.perf_counter()
+        body = {
+            "profile": "jpki-sign",
+            "csr": setup.csrs[(index + n) % len(setup.csrs)],
+            "applicant": APPLICANT,
+            "resident_id": f"{index:03d}{n:08d}",
+        }
+        try:
+            r = timed(
+                clerk.post,
+                base + "/v1/applications",
+                json=body,
+                headers={"Idempotency-Key": uuid.uuid4().hex},
+            )
+            app_id = r.json()["id"]
+            review = {"decision": "approve"}
+            path = f"{base}/v1/applications/{app_id}/reviews"
+            r1 = timed(reviewer.post, path, json=review, headers={"Idempotency-Key": uuid.uuid4().hex})
+            r2 = timed(operator.post, path, json=review, headers={"Idempotency-Key": uuid.uuid4().hex})
+            cert = timed(clerk.get, f"{base}/v1/applications/{app_id}/certificate")
+            ok = (
+                r.status_code == 201
+                and r1.status_code == 200
+                and r2.status_code == 200
+                and cert.status_code == 200
+            )
+        except (requests.RequestException, KeyError, ValueError):
+            ok = False
+        if ok:
+            completed += 1
+            local_apps.append(time.perf_counter() - started)
+        else:
+            failed += 1
+    with lock:
+        result.completed += completed
+        result.failed += failed
+        result.app_latencies += local_apps
+        result.request_latencies += local_requests
+
+
+def run_clients(setup: Setup, clients: int, seconds: float) -> Result:
+    result = Result()
+    lock = threading.Lock()
+    stop = threading.Event()
+    threads = [threading.Thread(target=_client, args=(setup, i, stop, result, lock)) for i in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    time.sleep(seconds)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def healthz_rate(setup: Setup, clients: int, seconds: float) -> tuple[float, list[float]]:
+    latencies: list[float] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+    count = [0]
+
+    def loop() -> None:
+        session = _session(setup, setup.clerk)
+        local: list[float] = []
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            session.get(setup.base + "/healthz", timeout=30)
+            local.append(time.perf_counter() - t0)
+        with lock:
+            latencies.extend(local)
+            count[0] += len(local)
+
+    threads = [threading.Thread(target=loop) for _ in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    time.sleep(seconds)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    return count[0] / (time.perf_counter() - started), latencies
+
+
+def direct_issuance_rate(ctx: CAContext, csrs: list[str], seconds: float) -> float:
+    """The ceiling: Issuer.issue of the same profile, in this process, one after another."""
+    n = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        ctx.issuer.issue(
+            IssuanceRequest(profile="jpki-sign", csr=csrs[n % len(csrs)], applicant=APPLICANT, actor="bench")
+        )
+        n += 1
+    return n / (time.perf_counter() - started)
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+def write_section(text: str) -> Path:
+    """Replace (or append) the "## Registration API" section of docs/performance.md."""
+    path = ROOT / "docs" / "performance.md"
+    heading = "## Registration API"
+    current = path.read_text(encoding="utf-8") if path.exists() else "# Performance\n"
+    if heading in current:
+        before, rest = current.split(heading, 1)
+        after = rest.split("\n## ", 1)
+        tail = ("\n## " + after[1]) if len(after) > 1 else ""
+        current = before.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n" + tail
+    else:
+        current = current.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n"
+    path.write_text(current, encoding="utf-8")
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=20.0, help="Length of each measurement.")
+    parser.add_argument("--clients", default="4,16", help="Concurrent clients, comma-separated.")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes.")
+    parser.add_argument("--threads", type=int, default=4, help="Threads per worker.")
+    parser.add_argument("--postgres", action="store_true", help="PostgreSQL (fsync on) instead of SQLite.")
+    parser.add_argument("--no-write", action="store_true", help="Do not update docs/performance.md.")
+    args = parser.parse_args()
+    client_counts = [int(c) for c in args.clients.split(",")]
+
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(temp_postgres())() if args.postgres else None
+        ctx = stack.enter_context(temp_ca(url))
+        setup = stack.enter_context(running_ra(ctx, args.workers, args.threads))
+        database = "PostgreSQL (fsync on)" if args.postgres else "SQLite (WAL, synchronous=FULL)"
+        run_clients(setup, 2, 2.0)  # warm-up: workers load the CA key, connections open
+        rows: list[list[object]] = []
+        for clients in client_counts:
+            result = run_clients(setup, clients, args.seconds)
+            rate = result.completed / result.seconds
+            rows.append(
+                [
+                    f"RA end to end, {clients} clients",
+                    rate,
+                    pct(result.app_latencies, 0.5),
+                    pct(result.app_latencies, 0.99),
+                    pct(result.request_latencies, 0.5),
+                    pct(result.request_latencies, 0.99),
+                    result.failed,
+                ]
+            )
+        health, health_lat = healthz_rate(setup, max(client_counts), min(args.seconds, 10.0))
+        rows.append(
+            [
+                f"peer: GET /healthz, {max(client_counts)} clients",
+                health,
+                float("nan"),
+                float("nan"),
+                pct(health_lat, 0.5),
+                pct(health_lat, 0.99),
+                0,
+            ]
+        )
+        direct = direct_issuance_rate(ctx, setup.csrs, min(args.seconds, 10.0))
+        rows.append(
+            [
+                "peer: Issuer.issue in-process, 1 thread",
+                direct,
+                float("nan"),
+                float("nan"),
+                float("nan"),
+                float("nan"),
+                0,
+            ]
+        )
+
+    headers = ["what", "per second", "app p50 ms", "app p99 ms", "request p50 ms", "request p99 ms", "failed"]
+    rendered = table(headers, rows)
+    best = max(r[1] for r in rows[: len(client_counts)])  # type: ignore[type-var]
+    text = "\n".join(
+        [
+            "## Registration API",
+            "",
+            f"`python -m bench.ra --seconds {args.seconds:g} --clients {args.clients} --workers {args.workers}"
+            f"{' --postgres' if args.postgres else ''}`: applications per second through submit, first review,"
+            " second review (issuance of a JPKI signature certificate with the RSA-2048 CA key in SoftHSM2) and"
+            " collection (PEM), each client a thread with its own keep-alive mutual-TLS sessions (clerk,"
+            f" reviewer, operator) to gunicorn ({args.workers} gthread workers × {args.threads} threads) on"
+            f' 127.0.0.1; {database}. "app" latency is the whole application (4 requests), "request" one'
+            " HTTP request. Load generator and server share the machine.",
+            "",
+            f"Machine: {machine_description()}.",
+            "",
+            rendered,
+            "",
+            f"Best end-to-end rate {best:.0f} applications/s = {best / direct:.2f}× in-process issuance alone"
+            " (the ceiling without HTTP, TLS, JSON, idempotency records, reviews and audit events).",
+            "Target (issue 4): ≥ 100 certificates/s end to end, p99 < 250 ms.",
+        ]
+    )
+    print(text)
+    if not args.no_write:
+        print(f"\nwritten to {write_section(text)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -9,6 +9,7 @@ from functools import wraps
 from typing import Any, TypeVar
 
 import click
+from sqlalchemy.exc import DBAPIError
 
 from ca.errors import KakuinError, Unavailable
 from ca.service import CAContext
@@ -58,8 +59,19 @@ def reports_errors(fn: F) -> F:
             fail(str(exc), 1)
         except TokenError as exc:
             fail(f"token: {exc}", 3)
+        except DBAPIError as exc:
+            fail(database_problem(exc), 3)
 
     return wrapper  # type: ignore[return-value]
+
+
+def database_problem(exc: DBAPIError) -> str:
+    """One line for a database error the core did not anticipate: most often a data directory
+    that was never initialized, which deserves the command that fixes it, not a traceback."""
+    first = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__
+    if "no such table" in first or ("relation" in first and "does not exist" in first):
+        return f"database: the Kakuin tables are missing ({first}); run `kakuin init` first"
+    return f"database: {first}"
 
 
 pass_state = click.make_pass_decorator(State)

@@ -56,6 +56,8 @@ from bench.common import (
     temp_postgres,
 )
 from ca.bulk import BulkIssuer, request_from_line
+from ca.csr import check_csr, load_csr
+from ca.issuance import IssuanceRequest, IssuedCertificate, PreparedIssuance
 from ca.service import CAContext
 
 NAN = float("nan")
@@ -100,6 +102,7 @@ class Result:
     single: float = NAN
     cli: float = NAN
     postgres: float = NAN
+    steps: dict[str, float] = field(default_factory=dict)
 
     @property
     def raw_mean(self) -> float:
@@ -221,6 +224,52 @@ def _cli_has_workers(kakuin: str) -> bool:
     return "--workers" in help_text
 
 
+def breakdown(ctx: CAContext, case: Case, lines: list[str], batch: int) -> dict[str, float]:
+    """Microseconds per certificate of each step of the bulk path, on one process (where the time
+    goes, and so what a pool of processes has to share out)."""
+    lines = lines[: max(batch, min(len(lines), 2000))]
+    label = ctx.authorities.get(case.authority).key.info.label
+    profile = ctx.issuer.profile(case.profile)
+    steps: dict[str, float] = {}
+
+    def per_cert(name: str, fn: Callable[[], object], n: int) -> None:
+        started = time.perf_counter()
+        fn()
+        steps[name] = (time.perf_counter() - started) / n * 1e6
+
+    requests: list[IssuanceRequest] = []
+    per_cert(
+        "parse JSON line",
+        lambda: requests.extend(request_from_line(line, "bench") for line in lines),
+        len(lines),
+    )
+    per_cert(
+        "CSR: load, verify signature, key rules",
+        lambda: [check_csr(load_csr(r.csr), profile) for r in requests],
+        len(requests),
+    )
+    prepared: list[PreparedIssuance] = []
+    per_cert(
+        "Issuer.prepare (includes the CSR step)",
+        lambda: prepared.extend(ctx.issuer.prepare(r) for r in requests),
+        len(requests),
+    )
+    issued: list[IssuedCertificate] = []
+
+    def issue_all() -> None:
+        for i in range(0, len(prepared), batch):
+            issued.extend(ctx.issuer.issue_prepared(prepared[i : i + batch]))
+
+    per_cert("Issuer.issue_prepared (build, sign, store)", issue_all, len(prepared))
+    per_cert(
+        "Token.sign alone, as many times (the floor)",
+        lambda: [ctx.token.sign(label, case.raw_input, case.mechanism) for _ in prepared],
+        len(prepared),
+    )
+    per_cert("PEM for the output", lambda: [i.pem for i in issued], len(issued))
+    return steps
+
+
 # -- the run --------------------------------------------------------------------------------------
 
 
@@ -243,6 +292,7 @@ def measure(
     if not args.no_cli:
         result.cli = cli_rate(ctx, lines, args.batch, args.workers)
         log(f"{case.key_type}: kakuin issue --batch {result.cli:,.0f}/s")
+    result.steps = breakdown(ctx, case, lines, args.batch)
     result.raw.append(raw_rate(ctx, case, args.seconds))
     log(f"{case.key_type}: raw again {result.raw[-1]:,.0f} sig/s")
     return result
@@ -282,32 +332,36 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"{case.key_type}: bulk on PostgreSQL {results[case.key_type].postgres:,.0f}/s")
 
     w = args.workers
+
+    def ratio(value: float, raw: float) -> str:
+        return f"{value / raw:.0%}" if value == value and raw == raw else "–"
+
     headers = [
-        "CA key",
+        "CA key (authority, profile)",
         "raw sig/s",
-        f"raw sig/s, {w} proc",
         "bulk/s, 1 proc",
+        "1 proc / raw",
         f"bulk/s, {w} proc",
+        f"{w} proc / raw",
         "single/s",
         "`issue --batch`/s",
-        f"bulk {w} proc / raw",
-        f"bulk {w} proc, PostgreSQL",
+        f"raw sig/s, {w} proc",
+        f"bulk/s, {w} proc, PostgreSQL",
     ]
     rows = []
     for case in CASES:
         r = results[case.key_type]
-        best = r.bulk_many if r.bulk_many == r.bulk_many else r.bulk_one
-        ratio = f"{best / r.raw_mean:.0%}" if r.raw_mean == r.raw_mean else "–"
         rows.append(
             [
                 f"{case.key_type} ({case.authority}, {case.profile})",
                 r.raw_mean,
-                r.raw_parallel,
                 r.bulk_one,
+                ratio(r.bulk_one, r.raw_mean),
                 r.bulk_many,
+                ratio(r.bulk_many, r.raw_mean),
                 r.single,
                 r.cli,
-                ratio,
+                r.raw_parallel,
                 r.postgres,
             ]
         )
@@ -320,6 +374,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     print()
     print(table(headers, rows))
+    print()
+    print("Where the time goes on one process (µs per certificate):")
+    print()
+    names = list(results[CASES[0].key_type].steps)
+    print(
+        table(
+            ["step", *(c.key_type for c in CASES)],
+            [[n, *(results[c.key_type].steps.get(n, NAN) for c in CASES)] for n in names],
+        )
+    )
     return 0
 
 

@@ -14,6 +14,7 @@ transaction with one audit event per certificate. Results come back in input ord
 
 from __future__ import annotations
 
+import gc
 import json
 import multiprocessing
 from collections import deque
@@ -184,6 +185,9 @@ def _worker_started(token_lock: Any) -> None:
     assert ctx is not None, "bulk worker started without a CA context"
     # The parent's pooled connections belong to the parent; never close them from here.
     ctx.engine.dispose(close=False)
+    # Everything inherited lives as long as the worker: keep it out of the collector's scans
+    # (issuance allocates a lot, so full collections come often) and off copy-on-write pages.
+    gc.freeze()
     # One worker at a time re-initializes PKCS#11 and logs in: SoftHSM2 rewrites the token's
     # object file on login, and a process rescanning the token directory at that moment does not
     # find the token (seen as CKR_GENERAL_ERROR or "no token labelled …" under load).

@@ -228,6 +228,7 @@ def load_settings(
 
 _SERVICE_DEFAULTS = {"ra": 8443, "ocsp": 8081, "crl": 8082}
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+_SERVICE_KEYS = {"host", "port", "workers", "allow_non_loopback"}
 
 
 def _services(raw: Mapping[str, Any], env: Mapping[str, str], source: str) -> dict[str, ServiceSettings]:
@@ -235,27 +236,44 @@ def _services(raw: Mapping[str, Any], env: Mapping[str, str], source: str) -> di
     table = raw.get("services", {})
     if not isinstance(table, Mapping):
         raise ConfigError("services", source, "expected a table")
+    for name in table:
+        if name not in _SERVICE_DEFAULTS:
+            raise ConfigError(
+                f"services.{name}",
+                source,
+                f"unknown service (expected one of {', '.join(_SERVICE_DEFAULTS)})",
+            )
     for name, default_port in _SERVICE_DEFAULTS.items():
         entry = table.get(name, {})
         if not isinstance(entry, Mapping):
             raise ConfigError(f"services.{name}", source, "expected a table")
-        host = env.get(f"KAKUIN_{name.upper()}_HOST") or entry.get("host", "127.0.0.1")
-        port_value: Any = env.get(f"KAKUIN_{name.upper()}_PORT") or entry.get("port", default_port)
+        for key in entry:
+            if key not in _SERVICE_KEYS:
+                # A misspelt "host" must not leave the service on a default the operator did not mean.
+                raise ConfigError(f"services.{name}.{key}", source, "unknown setting")
+        host_env, port_env = f"KAKUIN_{name.upper()}_HOST", f"KAKUIN_{name.upper()}_PORT"
+        host = env.get(host_env) or entry.get("host", "127.0.0.1")
+        host_src = f"environment variable {host_env}" if env.get(host_env) else source
+        port_value: Any = env.get(port_env) or entry.get("port", default_port)
+        port_src = f"environment variable {port_env}" if env.get(port_env) else source
         workers: Any = entry.get("workers", 2)
         try:
             port = int(port_value)
         except (TypeError, ValueError):
             raise ConfigError(
-                f"services.{name}.port", source, f"expected a port number, got {port_value!r}"
+                f"services.{name}.port", port_src, f"expected a port number, got {port_value!r}"
             ) from None
         if not 0 <= port <= 65535:
-            raise ConfigError(f"services.{name}.port", source, f"port {port} is out of range")
-        if not isinstance(workers, int) or workers < 1:
+            raise ConfigError(f"services.{name}.port", port_src, f"port {port} is out of range")
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
             raise ConfigError(f"services.{name}.workers", source, "expected a positive integer")
-        if host not in _LOOPBACK and not entry.get("allow_non_loopback", False):
+        allow = entry.get("allow_non_loopback", False)
+        if not isinstance(allow, bool):
+            raise ConfigError(f"services.{name}.allow_non_loopback", source, "expected true or false")
+        if host not in _LOOPBACK and not allow:
             raise ConfigError(
                 f"services.{name}.host",
-                source,
+                host_src,
                 f"{host} is not a loopback address; set allow_non_loopback = true to mean it",
             )
         services[name] = ServiceSettings(host=str(host), port=port, workers=workers)

@@ -509,8 +509,9 @@ class RegistrationService:
             response=answer,
             detail={"event_id": event_id, "kind": kind, "outcome": outcome, "revoked": len(revoked)},
         )
-        answer["replayed"] = False
-        return 200, answer
+        first: dict[str, Any] = json.loads(json.dumps(answer, sort_keys=True))  # as a resend will see it
+        first["replayed"] = False
+        return 200, first
 
     # -- registry administration --------------------------------------------------------------
 

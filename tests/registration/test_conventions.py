@@ -175,3 +175,29 @@ def test_resident_key_file_is_private(ra: RA) -> None:
     assert oct(path.stat().st_mode & 0o777) == "0o600"
     assert oct((ra.ctx.settings.home / "ra" / "server.key").stat().st_mode & 0o777) == "0o600"
     assert os.environ.get("KAKUIN_RESIDENT_KEY") is None
+
+
+def test_kakuin_serve_ra_runs_the_service(ra: RA, people: People, backend: str) -> None:
+    """The documented way to run it: `kakuin serve ra` (exec's gunicorn with the RA's TLS files)."""
+    if backend == "postgresql":
+        pytest.skip("bounded time: the command is the same on both databases")
+    from tests.registration.conftest import free_port, wait_ready
+
+    port = free_port()
+    log = ra.tmp / "serve.log"
+    process = subprocess.Popen(
+        [".venv/bin/kakuin", "serve", "ra", "--port", str(port), "--workers", "1"],
+        env=server_env(ra.ctx),
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        assert isinstance(people.a.clerk.session.cert, tuple)
+        client = Client(
+            f"https://127.0.0.1:{port}", people.a.clerk.session.cert, str(ra.files.client_ca), "clerk"
+        )
+        wait_ready(client, process, log)
+        assert client.get("/v1/me").json()["name"] == people.a.clerk.name
+    finally:
+        process.terminate()
+        process.wait(timeout=20)

@@ -53,7 +53,6 @@ class StatusRow:
     status: str
     revoked_at: datetime | None
     revocation_reason: str | None
-    not_after: datetime
     response_status: str | None
     response_der: bytes | None
     this_update: datetime | None
@@ -82,7 +81,7 @@ class StatusReader:
     """
 
     _SQL = (
-        "SELECT c.id, c.key_generation_id, c.status, c.revoked_at, c.revocation_reason, c.not_after, "
+        "SELECT c.id, c.key_generation_id, c.status, c.revoked_at, c.revocation_reason, "
         "r.cert_status, r.der, r.this_update, r.next_update "
         "FROM certificates c LEFT JOIN ocsp_responses r "
         "ON r.certificate_id = c.id AND r.hash_algorithm = ? "
@@ -133,18 +132,17 @@ class StatusReader:
             raise Unavailable(f"the database cannot be reached ({type(exc).__name__})") from None
         if row is None:
             return None
-        der = row[7]
+        der = row[6]
         return StatusRow(
             certificate_id=row[0],
             key_generation_id=row[1],
             status=row[2],
             revoked_at=_utc(row[3]),
             revocation_reason=row[4],
-            not_after=cast(datetime, _utc(row[5])),
-            response_status=row[6],
+            response_status=row[5],
             response_der=bytes(der) if der is not None else None,
-            this_update=_utc(row[8]),
-            next_update=_utc(row[9]),
+            this_update=_utc(row[7]),
+            next_update=_utc(row[8]),
         )
 
     def ping(self) -> None:

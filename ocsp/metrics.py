@@ -3,7 +3,7 @@
 granian and gunicorn run several worker processes and ``/metrics`` is answered by whichever one
 the connection lands on, so each worker keeps its counters in a small memory-mapped file of its
 own (like prometheus_client's multiprocess mode) and ``/metrics`` adds up every file. An update
-is one locked ``struct.pack_into`` into memory: no system call on the hot path.
+is a locked add into that memory: no system call on the hot path.
 """
 
 from __future__ import annotations
@@ -52,12 +52,14 @@ class Metrics:
         self.directory = directory
         self._pid = -1
         self._buffer: mmap.mmap | bytearray = bytearray(_SIZE)
+        self._counts = memoryview(self._buffer).cast("Q")
         self._open()
 
     def _open(self) -> None:
         self._pid = os.getpid()
         if self.directory is None:
             self._buffer = bytearray(_SIZE)
+            self._counts = memoryview(self._buffer).cast("Q")
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         self._forget_dead_workers()
@@ -65,6 +67,7 @@ class Metrics:
         with open(path, "w+b") as handle:
             handle.truncate(_SIZE)
             self._buffer = mmap.mmap(handle.fileno(), _SIZE)
+        self._counts = memoryview(self._buffer).cast("Q")  # native order: read back by this machine
 
     def _forget_dead_workers(self) -> None:
         assert self.directory is not None
@@ -78,9 +81,7 @@ class Metrics:
                 continue
 
     def _add(self, slot: str, value: int = 1) -> None:
-        offset = 8 * _SLOTS[slot]
-        (current,) = struct.unpack_from("<Q", self._buffer, offset)
-        struct.pack_into("<Q", self._buffer, offset, current + value)
+        self._counts[_SLOTS[slot]] += value
 
     def observe(
         self,
@@ -128,7 +129,7 @@ class Metrics:
                         buffers.append(data)
         totals = dict.fromkeys(_SLOTS, 0)
         for data in buffers:
-            values = struct.unpack(f"<{len(_SLOTS)}Q", data)
+            values = struct.unpack(f"={len(_SLOTS)}Q", data)
             for name, index in _SLOTS.items():
                 totals[name] += values[index]
         return totals

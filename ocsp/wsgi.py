@@ -88,6 +88,7 @@ class OCSPApp:
         self._index: IssuerIndex | None = None
         self._index_loaded = 0.0
         self._index_refresh = index_refresh_seconds
+        self._source: FilterSource | None = None
 
     # -- the issuer index (authorities change with key ceremonies, not per request) -----------
 
@@ -106,6 +107,12 @@ class OCSPApp:
             self._index = IssuerIndex.build(pairs)
             self._index_loaded = time.monotonic()
         return self._index
+
+    def _filter(self) -> FilterSource:
+        index = self.index()
+        if self._source is None or self._source.index is not index:
+            self._source = FilterSource(index, self.checked, self.verifiers, self.query_log)
+        return self._source
 
     # -- WSGI -------------------------------------------------------------------------------
 
@@ -209,8 +216,7 @@ class OCSPApp:
             return self._error(start_response, started, der.MALFORMED_REQUEST, environ)
         now = utcnow()
         try:
-            source = FilterSource(self.index(), self.checked, self.verifiers, self.query_log)
-            answer = source.answer(request, _caller(environ), now)
+            answer = self._filter().answer(request, _caller(environ), now)
         except Refused as refused:
             return self._error(start_response, started, refused.status, environ)
         except Unavailable:
@@ -245,8 +251,8 @@ class OCSPApp:
             headers += [
                 ("Cache-Control", f"max-age={max_age}, public, no-transform, must-revalidate"),
                 ("ETag", etag),
-                ("Last-Modified", format_datetime(answer.this_update, usegmt=True)),
-                ("Expires", format_datetime(answer.next_update, usegmt=True)),
+                ("Last-Modified", _http_date(answer.this_update)),
+                ("Expires", _http_date(answer.next_update)),
             ]
             if environ.get("HTTP_IF_NONE_MATCH") == etag:
                 status, body = "304 Not Modified", b""
@@ -407,6 +413,19 @@ _REASONS = {
     415: "Unsupported Media Type",
     503: "Service Unavailable",
 }
+
+
+_HTTP_DATES: dict[datetime, str] = {}
+
+
+def _http_date(when: datetime) -> str:
+    """IMF-fixdate of ``when``; pre-signed answers of a batch share their times, so remember a few."""
+    text = _HTTP_DATES.get(when)
+    if text is None:
+        if len(_HTTP_DATES) > 4096:
+            _HTTP_DATES.clear()
+        text = _HTTP_DATES[when] = format_datetime(when, usegmt=True)
+    return text
 
 
 def _decode_base64(text: str) -> bytes:

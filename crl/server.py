@@ -36,7 +36,10 @@ def gunicorn_options(
     options: dict[str, Any] = {
         "bind": f"{service.host}:{port}",
         "workers": service.workers,
-        "worker_class": "sync",
+        # Threads, so a slow client fetching a big CRL does not hold a whole worker; plain-HTTP
+        # responses go out with sendfile (wsgi.file_wrapper).
+        "worker_class": "gthread",
+        "threads": 4,
         "timeout": 60,
         "graceful_timeout": 10,
         "errorlog": "-",

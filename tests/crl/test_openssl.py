@@ -184,6 +184,7 @@ def test_crl_check_all_through_the_arl(
     # -crl_check_all also wants a CRL covering the root itself: only an unpartitioned one does
     # (OpenSSL matches a certificate without CRL DP to a CRL without IDP): the complete CRL.
     complete = crl_file(publisher, publisher.publish_full("lgpki-root", ""), tmp_path)
+    assert lint(complete) == ""
 
     def check(*crls: Path) -> subprocess.CompletedProcess[bytes]:
         args = ["verify", "-crl_check_all", "-CAfile", str(root), "-untrusted", str(app)]

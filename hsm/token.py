@@ -183,6 +183,11 @@ class Token:
             raise TokenError(f"more than one token labelled {self.label!r}") from None
         try:
             return token.open(rw=True, user_pin=self._pin())
+        except p11e.UserAlreadyLoggedIn:
+            # PKCS#11 login is per application and token (v2.40 §5.6): another Token object of
+            # this process is logged in already, and a new session shares that state. (The session
+            # python-pkcs11 opened for the refused C_Login stays open until the next C_Finalize.)
+            return token.open(rw=True)
         except p11e.PinIncorrect:
             # Never retried: a real HSM locks the PIN after a few wrong attempts.
             raise TokenError(f"the PIN for token {self.label!r} is incorrect") from None

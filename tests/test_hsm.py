@@ -404,3 +404,19 @@ def test_token_created_after_the_module_was_loaded(softhsm: dict[str, str], toke
         assert token.labels() == [], "the first token still answers (after one reopen at most)"
     finally:
         late.close()
+
+
+def test_two_token_objects_on_one_token(token: Token) -> None:
+    """PKCS#11 login is per process and token: a second Token object (another service's, in the
+    same process) must share it, and both keep signing when one of them closes."""
+    key = key_for(token, token.generate("shared-login", KeySpec.parse("ec-p256")))
+    sign_raw(key, b"first object logs in")
+    second = make_token(token.label)
+    try:
+        other = key_for(second, second.public_info("shared-login"))
+        verify_raw(other, sign_raw(other, b"second object"), b"second object")
+        token.close()  # python-pkcs11 logs the whole process out of the token here
+        verify_raw(other, sign_raw(other, b"after the first closed"), b"after the first closed")
+        verify_raw(key, sign_raw(key, b"first again"), b"first again")
+    finally:
+        second.close()

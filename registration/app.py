@@ -46,6 +46,11 @@ from registration.store import (
 PROBLEM = "application/problem+json"
 PROBLEM_BASE = "urn:kakuin:problem:"
 DEFAULT_MAX_BODY = 128 * 1024
+_TITLES = {
+    "bad-csr": "Bad CSR",
+    "malformed-json": "Malformed JSON",
+    "internal-error": "Internal server error",
+}
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
 log = logging.getLogger("kakuin.ra")
@@ -64,7 +69,7 @@ def problem_response(
 ) -> Response:
     body: dict[str, Any] = {
         "type": PROBLEM_BASE + kind,
-        "title": title or kind.replace("-", " ").capitalize(),
+        "title": title or _TITLES.get(kind) or kind.replace("-", " ").capitalize(),
         "status": status,
         "detail": detail,
         "instance": request.path,

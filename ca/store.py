@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, bindparam, delete, func, insert, select, update
+from sqlalchemy import Table, and_, bindparam, case, delete, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -29,12 +29,17 @@ audit_t = cast(Table, AuditEvent.__table__)
 signed_status_t = cast(Table, SignedStatus.__table__)
 
 
-# Built once: only the reserved row still being signed is completed (or failed); a row revoked
-# meanwhile keeps its status.
+# Built once. A reserved row still being signed becomes ``issued``; a row revoked (or put on hold)
+# while the token was signing keeps that status, but still gets its DER: the certificate exists and
+# has been handed out, so the CA must hold its copy. Only a row never signed is ``failed``.
 _COMPLETE = (
     update(certs_t)
-    .where(and_(certs_t.c.id == bindparam("b_id"), certs_t.c.status == "signing"))
-    .values(status="issued", der=bindparam("b_der"), fingerprint=bindparam("b_fingerprint"))
+    .where(and_(certs_t.c.id == bindparam("b_id"), certs_t.c.der.is_(None)))
+    .values(
+        status=case((certs_t.c.status == "signing", "issued"), else_=certs_t.c.status),
+        der=bindparam("b_der"),
+        fingerprint=bindparam("b_fingerprint"),
+    )
 )
 _FAIL = (
     update(certs_t)

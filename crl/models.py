@@ -33,7 +33,7 @@ class CRLScope(Base):
     last_number: Mapped[int] = mapped_column(BigInteger, default=0)
     # The certificate whose CRL distribution point names this partition in the CRLs'
     # issuingDistributionPoint; chosen once, so every CRL of the scope names it the same way.
-    sample_certificate_id: Mapped[int | None] = mapped_column(ForeignKey("certificates.id"))
+    sample_certificate_id: Mapped[int | None] = mapped_column(BigID)  # a certificates.id
 
 
 class PublishedCRL(Base):

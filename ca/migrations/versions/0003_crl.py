@@ -24,9 +24,7 @@ def upgrade() -> None:
         sa.Column("authority_id", sa.Integer(), nullable=False),
         sa.Column("partition", sa.String(length=32), nullable=False),
         sa.Column("last_number", sa.BigInteger(), nullable=False),
-        sa.Column("sample_certificate_id", _BIGID, nullable=True),
         sa.ForeignKeyConstraint(["authority_id"], ["authorities.id"]),
-        sa.ForeignKeyConstraint(["sample_certificate_id"], ["certificates.id"]),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("authority_id", "partition", name="uq_crl_scopes_authority_partition"),
     )
@@ -39,7 +37,6 @@ def upgrade() -> None:
         sa.Column("kind", sa.String(length=8), nullable=False),
         sa.Column("number", sa.BigInteger(), nullable=False),
         sa.Column("base_number", sa.BigInteger(), nullable=True),
-        sa.Column("idp_certificate_id", _BIGID, nullable=True),
         sa.Column("this_update", sa.DateTime(timezone=True), nullable=False),
         sa.Column("next_update", sa.DateTime(timezone=True), nullable=False),
         sa.Column("key_generation_id", sa.Integer(), nullable=False),

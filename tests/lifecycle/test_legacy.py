@@ -6,20 +6,20 @@ from __future__ import annotations
 
 import os
 import subprocess
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from ca.errors import Forbidden
-from ca.issuance import IssuanceRequest
 from ca.lifecycle_store import LifecycleStore
 from ca.service import CAContext
 from ca.store import normalize_serial
 from ca.timeutil import utcnow
-from tests.conftest import make_csr
 from tests.lifecycle.conftest import run_cli
 from tests.lifecycle.oldca import OldCA, make_old_ca
 
@@ -37,9 +37,12 @@ def softhsm_import(ctx: CAContext, key: Path, label: str) -> None:
 
 
 def statuses(ctx: CAContext, authority: str) -> dict[str, tuple[str, str | None]]:
+    """The imported certificates' statuses (not the OCSP responder certificates the legacy
+    authority gets once its key is in the token)."""
     return {
         r.serial: (r.status, r.revocation_reason)
         for r in ctx.store.certificates(authority=authority, limit=1000)
+        if r.profile == "legacy"
     }
 
 
@@ -70,6 +73,9 @@ def test_import_index_and_crl(small: CAContext, old: OldCA) -> None:
     assert result.exit_code == 0, result.output
     assert "importing" in result.stderr  # the progress bar
     assert "imported into pref-tokyo (legacy, key in the token): new 7, new revoked 3" in result.stdout
+    # With its key in the token, Kakuin answers for it at once: a responder certificate and a CRL.
+    assert "OCSP responder g1 for pref-tokyo" in result.stdout
+    assert "/pref-tokyo.crl #1 (3 entries)" in result.stdout
 
     # Every status as the old CA had it; the hold stays a hold.
     lines = [line.split("\t") for line in old.index.read_text().splitlines()]
@@ -89,10 +95,12 @@ def test_import_index_and_crl(small: CAContext, old: OldCA) -> None:
     assert authority.record.state == "legacy"
     assert authority.certificate == old.certificate
     assert authority.key.public_key() == old.certificate.public_key()
+    # It issues nothing but its own OCSP responder certificates (any other "*" profile is refused).
+    responder = small.profiles["ocsp-responder"]
+    other = replace(responder, name="other", extended_key_usage=(ExtendedKeyUsageOID.CLIENT_AUTH,))
     with pytest.raises(Forbidden, match="pref-tokyo is legacy and issues no more"):
-        small.issuer.prepare(
-            IssuanceRequest(profile="ocsp-responder", csr=make_csr_ec(), authority="pref-tokyo", actor="test")
-        )
+        small.issuer.authority_for(other, "pref-tokyo")
+    assert small.issuer.authority_for(responder, "pref-tokyo").name == "pref-tokyo"
     assert "pref-tokyo" in run_cli(small, "ca", "list").stdout
     assert small.store.audit_events(action="authority.import_legacy")[0].authority == "pref-tokyo"
 
@@ -102,12 +110,6 @@ def test_import_index_and_crl(small: CAContext, old: OldCA) -> None:
     assert "nothing to change" in again.stdout
     assert statuses(small, "pref-tokyo") == expected
     assert len(LifecycleStore(small.engine).legacy_imports("pref-tokyo")) == 1
-
-
-def make_csr_ec() -> bytes:
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    return make_csr(ec.generate_private_key(ec.SECP256R1()))
 
 
 def test_later_runs_follow_the_old_ca_and_keep_kakuin_revocations(small_ctx, tmp_path: Path) -> None:

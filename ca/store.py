@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from ca.errors import AlreadyRevoked, Conflict, NotFound, Unavailable
 from ca.models import AuditEvent, Authority, Certificate, KeyGeneration, Revocation, SignedStatus
+from ca.revocation import HOLD, REMOVE_FROM_CRL, parse_reason
 from ca.timeutil import utcnow
 
 authorities_t = cast(Table, Authority.__table__)
@@ -533,15 +534,15 @@ class Store(StoreReader):
         at: datetime | None = None,
         invalidity_date: datetime | None = None,
     ) -> CertificateRecord:
-        """Revoke (or, with reason ``certificateHold``, suspend) one certificate. ``reason`` is the
-        stored name ``parse_reason`` returns (cryptography's ReasonFlags value, e.g. ``keyCompromise``).
+        """Revoke (or, with reason ``certificateHold``, suspend) one certificate. ``reason`` in any
+        spelling ``ca.revocation.parse_reason`` accepts; it is stored as the RFC 5280 name.
 
         A conditional UPDATE decides the race: of two concurrent revocations exactly one wins, the
         other gets ``AlreadyRevoked`` and changes nothing. Returns after the commit.
         """
+        reason = parse_reason(reason)  # one stored spelling, whatever the caller typed
         record = self.certificate(authority, serial)
-        # parse_reason stores ReasonFlags values ("certificateHold"); accept the enum name as well.
-        hold = reason in ("certificateHold", "certificate_hold")
+        hold = reason == HOLD
         if record.status == "failed":
             raise Conflict(f"certificate {record.serial} was never signed (issuance failed)", field="serial")
         if record.status == "revoked":
@@ -611,7 +612,7 @@ class Store(StoreReader):
                     certificate_id=record.id,
                     authority_id=self._authority_id(conn, authority),
                     action="release",
-                    reason="remove_from_crl",
+                    reason=REMOVE_FROM_CRL,
                     revoked_at=None,
                     invalidity_date=None,
                     actor=actor,

@@ -18,7 +18,6 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from asn1crypto import core
-from cryptography import x509
 
 from ca.revocation import REASON_CODES
 
@@ -93,20 +92,9 @@ def _reason_extension(code: int) -> bytes:
     return extension(OID_REASON_CODE, False, bytes((0x0A, 0x01, code)))  # ENUMERATED
 
 
-def _stored_names() -> dict[str, int]:
-    """Reason codes by every spelling the store holds: cryptography's ReasonFlags value
-    (``keyCompromise``, what ``ca.revocation.parse_reason`` stores) and its name
-    (``key_compromise``, the keys of ``REASON_CODES``)."""
-    names = dict(REASON_CODES)
-    for flag in x509.ReasonFlags:
-        if flag.name in REASON_CODES:
-            names[str(flag.value)] = REASON_CODES[flag.name]
-    return names
-
-
 # The reasonCode extension per stored reason. RFC 5280 §5.3.1: "unspecified" SHOULD be absent.
 REASON_EXTENSIONS: dict[str, bytes] = {
-    name: (b"" if code == 0 else _reason_extension(code)) for name, code in _stored_names().items()
+    name: (b"" if code == 0 else _reason_extension(code)) for name, code in REASON_CODES.items()
 }
 # The whole crlEntryExtensions field for an entry that has only a reason (the common case).
 ENTRY_EXTENSIONS: dict[str, bytes] = {

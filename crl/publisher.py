@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from ca.authorities import LoadedAuthority
 from ca.errors import NotFound
+from ca.revocation import REMOVE_FROM_CRL
 from ca.service import CAContext
 from ca.store import AuthorityRecord
 from ca.timeutil import utcnow
@@ -232,7 +233,7 @@ class Publisher:
                 )
             elif change.status in ("issued", "signing"):
                 # Released from hold (RFC 5280 §5.3.1): the base's entry is to be removed.
-                encoded.append(der.encode_entry(serial, der.digits14(change.changed_at), "remove_from_crl"))
+                encoded.append(der.encode_entry(serial, der.digits14(change.changed_at), REMOVE_FROM_CRL))
         chunks = [(len(encoded), b"".join(encoded))] if encoded else []
         return self._write_and_record(
             authority,

@@ -22,16 +22,8 @@ from ocsp import der
 
 
 def reason_code(stored: str | None) -> int | None:
-    """RFC 5280 CRLReason for a stored reason: the store keeps cryptography's ReasonFlags value
-    (``keyCompromise``); older rows may hold the enum name (``key_compromise``)."""
-    if stored is None:
-        return None
-    if stored in REASON_CODES:
-        return REASON_CODES[stored]
-    try:
-        return REASON_CODES[x509.ReasonFlags(stored).name]
-    except (ValueError, KeyError):
-        return 0
+    """RFC 5280 CRLReason for a stored reason (the store keeps the RFC name, ``keyCompromise``)."""
+    return None if stored is None else REASON_CODES[stored]
 
 
 def cert_status(status: str, revoked_at: datetime | None, reason: str | None) -> tuple[str, bytes]:

@@ -26,13 +26,13 @@ RESIDENT_KEY_ENV = "KAKUIN_RESIDENT_KEY"
 # a user-authentication certificate carries none and survives moves and name changes, but not
 # the end of the person's registration or of the card.
 EVENT_RULES: dict[str, tuple[frozenset[str], str]] = {
-    "moved": (frozenset({"jpki-sign"}), "affiliation_changed"),
-    "renamed": (frozenset({"jpki-sign"}), "affiliation_changed"),
-    "former_surname_changed": (frozenset({"jpki-sign"}), "affiliation_changed"),
-    "died": (frozenset({"jpki-sign", "jpki-auth"}), "cessation_of_operation"),
-    "removed": (frozenset({"jpki-sign", "jpki-auth"}), "cessation_of_operation"),
-    "card_returned": (frozenset({"jpki-sign", "jpki-auth"}), "cessation_of_operation"),
-    "card_lapsed": (frozenset({"jpki-sign", "jpki-auth"}), "cessation_of_operation"),
+    "moved": (frozenset({"jpki-sign"}), "affiliationChanged"),
+    "renamed": (frozenset({"jpki-sign"}), "affiliationChanged"),
+    "former_surname_changed": (frozenset({"jpki-sign"}), "affiliationChanged"),
+    "died": (frozenset({"jpki-sign", "jpki-auth"}), "cessationOfOperation"),
+    "removed": (frozenset({"jpki-sign", "jpki-auth"}), "cessationOfOperation"),
+    "card_returned": (frozenset({"jpki-sign", "jpki-auth"}), "cessationOfOperation"),
+    "card_lapsed": (frozenset({"jpki-sign", "jpki-auth"}), "cessationOfOperation"),
 }
 
 _RESIDENT_ID = re.compile(r"\d{11}")

@@ -21,7 +21,7 @@ from cryptography import x509
 
 from ca.errors import BadRequest, Conflict, Forbidden, KakuinError, NotFound, PolicyRefused
 from ca.issuance import IssuanceRequest, IssuedCertificate
-from ca.revocation import parse_reason
+from ca.revocation import HOLD, REMOVE_FROM_CRL, parse_reason
 from ca.service import CAContext
 from ca.store import CertificateRecord, normalize_serial
 from ca.timeutil import utcnow
@@ -87,13 +87,6 @@ def _only(body: Any, allowed: set[str]) -> Mapping[str, Any]:
         if key not in allowed:
             raise BadRequest(f"unknown field (expected {', '.join(sorted(allowed))})", field=str(key))
     return body
-
-
-def stored_reason(text: str) -> str:
-    """The stored reason name (``key_compromise``, ``certificate_hold``: what ``ca.store`` tests
-    for and what ``ca.revocation.REASON_CODES`` maps) of any spelling an operator types.
-    ``parse_reason`` returns cryptography's camelCase value, hence the extra step."""
-    return x509.ReasonFlags(parse_reason(text)).name
 
 
 def _serial(value: str) -> str:
@@ -294,9 +287,7 @@ class RegistrationService:
     def operator_revoke(self, caller: Caller, authority: str, serial: str, body: Any) -> CertificateRecord:
         account = caller.require("operator")
         data = _only(body, {"reason", "invalidity_date"})
-        reason = stored_reason(_text(data, "reason", 64) or "")
-        if reason == "remove_from_crl":
-            raise BadRequest("use …/release to take a certificate off hold", field="reason")
+        reason = parse_reason(_text(data, "reason", 64) or "")
         invalidity = (
             _time(data.get("invalidity_date"), "invalidity_date") if data.get("invalidity_date") else None
         )
@@ -348,12 +339,10 @@ class RegistrationService:
             raise BadRequest(f"expected one of {', '.join(REVOCATION_KINDS)}", field="kind")
         note = _text(data, "note", 2000, required=False)
         record, _app = self.certificate(caller, authority, _text(data, "serial", 64) or "")
-        reason = {"loss": "key_compromise", "hold": "certificate_hold", "release": "remove_from_crl"}.get(
-            kind
-        )
+        reason = {"loss": "keyCompromise", "hold": HOLD, "release": REMOVE_FROM_CRL}.get(kind)
         if kind == "holder_request":
-            reason = stored_reason(_text(data, "reason", 64, required=False) or "unspecified")
-            if reason in ("certificate_hold", "remove_from_crl"):
+            reason = parse_reason(_text(data, "reason", 64, required=False) or "unspecified")
+            if reason == HOLD:
                 raise BadRequest("use kind hold or release for these", field="reason")
         elif data.get("reason") is not None:
             raise BadRequest(f"a {kind} request has a fixed reason", field="reason")

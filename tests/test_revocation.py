@@ -259,7 +259,7 @@ def test_hold_then_release(ca_ctx: CAContext, ec_key: ec.EllipticCurvePrivateKey
     history = ca_ctx.store.revocation_history(released.id)
     assert [(h["action"], h["reason"], h["actor"]) for h in history] == [
         ("hold", "certificateHold", "op1"),
-        ("release", "remove_from_crl", "op2"),
+        ("release", "removeFromCRL", "op2"),
     ]
     assert ocsp_answers(ca_ctx, issued) == 0, "a stored 'on hold' answer outlived the release"
     actions = [e["action"] for e in table_rows(ca_ctx, AuditEvent, serial=issued.serial)]

@@ -24,7 +24,6 @@ REASONS = [
     ("superseded", x509.ReasonFlags.superseded),
     ("cessationOfOperation", x509.ReasonFlags.cessation_of_operation),
     ("unspecified", None),
-    ("key_compromise", x509.ReasonFlags.key_compromise),  # the other spelling the store may hold
 ]
 Entry = tuple[x509.ReasonFlags | None, datetime | None]
 

@@ -20,9 +20,9 @@ def test_jpki_loss_report_revokes_at_once(ra: RA, people: People, rsa_key) -> No
     body = {"authority": cert["authority"], "serial": cert["serial"], "kind": "loss", "note": "card lost"}
     filed = people.a.clerk.post("/v1/revocation-requests", body)
     assert filed.status_code == 201, filed.text
-    assert filed.json()["state"] == "done" and filed.json()["reason"] == "key_compromise"
+    assert filed.json()["state"] == "done" and filed.json()["reason"] == "keyCompromise"
     record = ra.ctx.store.certificate(cert["authority"], cert["serial"])
-    assert record.status == "revoked" and record.revocation_reason == "key_compromise"
+    assert record.status == "revoked" and record.revocation_reason == "keyCompromise"
     assert (
         people.a.clerk.get(f"/v1/certificates/{cert['authority']}/{cert['serial']}").json()["status"]
         == "revoked"
@@ -39,7 +39,7 @@ def test_other_requests_wait_for_a_review_by_someone_else(ra: RA, people: People
         "reason": "affiliation-changed",
     }
     filed = people.a.clerk.post("/v1/revocation-requests", body).json()
-    assert filed["state"] == "pending" and filed["reason"] == "affiliation_changed"
+    assert filed["state"] == "pending" and filed["reason"] == "affiliationChanged"
     assert status(ra, cert) == "issued"
     path = f"/v1/revocation-requests/{filed['id']}"
     problem(people.a.clerk.post(path + "/reviews", {"decision": "approve"}), 403)  # a clerk does not review
@@ -108,9 +108,7 @@ def test_resident_events_follow_the_rules_and_apply_once(ra: RA, people: People,
     assert first.status_code == 200, first.text
     answer = first.json()
     assert answer["outcome"] == "applied" and answer["replayed"] is False
-    assert [(c["serial"], c["reason"]) for c in answer["revoked"]] == [
-        (sign["serial"], "affiliation_changed")
-    ]
+    assert [(c["serial"], c["reason"]) for c in answer["revoked"]] == [(sign["serial"], "affiliationChanged")]
     assert [c["serial"] for c in answer["kept"]] == [auth["serial"]]
     assert (status(ra, sign), status(ra, auth), status(ra, post)) == ("revoked", "issued", "issued")
     assert rid not in first.text
@@ -130,9 +128,7 @@ def test_resident_events_follow_the_rules_and_apply_once(ra: RA, people: People,
     died = registry.post(
         "/v1/resident-events", {"event_id": "ev2-" + uuid.uuid4().hex, "kind": "died", "resident_id": rid}
     ).json()
-    assert [(c["serial"], c["reason"]) for c in died["revoked"]] == [
-        (auth["serial"], "cessation_of_operation")
-    ]
+    assert [(c["serial"], c["reason"]) for c in died["revoked"]] == [(auth["serial"], "cessationOfOperation")]
     assert status(ra, auth) == "revoked" and status(ra, post) == "issued"
 
 

@@ -19,7 +19,8 @@ from datetime import UTC, datetime
 
 from asn1crypto import core
 
-from ca.revocation import REASON_CODES
+from ca.errors import BadRequest
+from ca.revocation import REASON_CODES, canonical_reason
 
 # Tags (X.690 §8.1.2): universal, constructed where noted.
 SEQUENCE = 0x30
@@ -111,6 +112,17 @@ def _entry_extensions(reason: str, invalidity: bytes | None) -> bytes:
     return tlv(SEQUENCE, REASON_EXTENSIONS[reason] + inv)
 
 
+def _stored(reason: str, serial_hex: bytes) -> str:
+    """The canonical name of a reason in another spelling (rows written before the store kept one
+    spelling); a reason no spelling matches stops the build rather than mislabel an entry."""
+    if reason in REASON_EXTENSIONS:
+        return reason
+    try:
+        return canonical_reason(reason)
+    except BadRequest:
+        raise ValueError(f"certificate {serial_hex.decode()}: unknown revocation reason {reason!r}") from None
+
+
 def _time14(digits: bytes) -> bytes:
     if digits < b"2050":
         return b"\x17\x0d" + digits[2:14] + b"Z"
@@ -129,8 +141,7 @@ def encode_entry(serial_hex: bytes, revoked: bytes, reason: str, invalidity: byt
     serial = binascii.unhexlify(serial_hex)
     if serial[0] & 0x80:
         serial = b"\x00" + serial
-    if reason not in REASON_EXTENSIONS:
-        raise ValueError(f"certificate {serial_hex.decode()}: unknown revocation reason {reason!r}")
+    reason = _stored(reason, serial_hex)
     body = (
         tlv(INTEGER, serial)
         + _time14(revoked.translate(None, _SEPARATORS))
@@ -162,7 +173,8 @@ def encode_rows(rows: Iterable[Row]) -> bytes:
         digits = revoked.translate(None, _SEPARATORS)
         ext = extensions.get(reason)
         if ext is None:
-            raise ValueError(f"certificate {serial_hex.decode()}: unknown revocation reason {reason!r}")
+            reason = _stored(reason, serial_hex)
+            ext = extensions[reason]
         n = len(serial)
         if invalidity is None and digits < b"2050":
             append(b"0%c\x02%c%s\x17\x0d%sZ%s" % (n + 17 + len(ext), n, serial, digits[2:14], ext))

@@ -148,8 +148,10 @@ def test_fast_path_equals_the_general_encoder() -> None:
         (b"ff", b"20260102030405", "unspecified", None),
         (b"80" + b"00" * 19, b"2051-01-02 03:04:05.000000", "certificateHold", None),
         (b"abc", b"2049-12-31 23:59:59.000000", "superseded", b"2049-12-01 00:00:00.000000"),
+        (b"abd", b"2026-01-02 03:04:05.000000", "key_compromise", None),  # an older spelling
     ]
     assert der.encode_rows(rows) == b"".join(der.encode_entry(*row) for row in rows)
+    assert der.encode_rows(rows[-1:]) == der.encode_rows([(b"abd", b"20260102030405", "keyCompromise", None)])
 
 
 def test_entry_forms_read_back_by_cryptography(software_rsa: rsa.RSAPrivateKey, tmp_path: Path) -> None:

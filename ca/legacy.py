@@ -315,11 +315,12 @@ def plan_import(
     source: dict[str, SourceCertificate] = {}
     if index is not None:
         base = certs_dir or (index.parent / "newcerts")
+        present = {p.name for p in base.iterdir()} if base.is_dir() else set()
         for number, filename, entry in read_index(index):
             if isinstance(entry, str):
                 plan.conflicts.append(f"{index.name} line {number}: {entry}")
                 continue
-            der_cert = _index_file(base, filename, entry.serial)
+            der_cert = _index_file(base, present, filename, entry.serial)
             if der_cert is not None and not _issued_by(der_cert, ca_certificate):
                 plan.conflicts.append(
                     f"serial {entry.serial}: its certificate file is not signed by the old CA"
@@ -411,16 +412,16 @@ def _key_label(token: Token, authority: str, ca: x509.Certificate, key_label: st
     return key_label
 
 
-def _index_file(base: Path, filename: str, serial: str) -> x509.Certificate | None:
-    candidates = []
-    if filename and filename != "unknown":
-        candidates.append(base / filename)
+def _index_file(base: Path, present: set[str], filename: str, serial: str) -> x509.Certificate | None:
+    """The copy `openssl ca` kept of an index line's certificate: the file the line names, else
+    ``<SERIAL>.pem`` as in newcerts (``present``: the directory's names, listed once)."""
     upper = serial.upper()
-    candidates += [base / f"{upper.zfill(len(upper) + len(upper) % 2)}.pem", base / f"{upper}.pem"]
-    for candidate in candidates:
-        if candidate.is_file():
+    names = [filename] if filename and filename != "unknown" else []
+    names += [f"{upper.zfill(len(upper) + len(upper) % 2)}.pem", f"{upper}.pem"]
+    for name in names:
+        if name in present:
             try:
-                return _certificates_in(candidate)[0]
+                return _certificates_in(base / name)[0]
             except (ValueError, IndexError):
                 return None
     return None

@@ -1,6 +1,6 @@
 """CRL benchmark: build-and-sign time and peak memory for huge CRLs, beside cryptography's builder.
 
-    python -m bench.crl [--sizes 100000,1000000,10000000] [--peer-max 1000000] [--keep]
+    python -m bench.crl [--sizes 100000,1000000,10000000] [--peer-max 1000000] [--postgres MAX]
 
 What it does, on a throwaway CA (temp KAKUIN_HOME, a new SoftHSM2 token with a random PIN,
 SQLite in the temp directory):
@@ -17,7 +17,9 @@ SQLite in the temp directory):
   revoked_certificates=[...])`` (the constructor list: linear, unlike ``add_revoked_certificate``)
   signed by the same token key; sizes up to ``--peer-max`` (it keeps every entry as a Python
   object: ~0.4 GB per million);
-- checks each Kakuin CRL with ``openssl crl -CAfile … -noout`` (signature) and counts its entries.
+- checks each Kakuin CRL's signature with ``openssl crl -CAfile … -noout``;
+- with ``--postgres MAX``: the Kakuin build again on a throwaway PostgreSQL (fsync on, rows loaded
+  with COPY) for the sizes up to MAX (its CPU column is the publisher's; the server's is apart).
 
 Targets (issue 5): 1M entries ≤ 2 s, 10M ≤ 30 s, peak RSS about ≤ 2× the CRL's own size,
 growth linear. The default run takes a few minutes (most of it inserting 11.1M rows).
@@ -279,11 +281,76 @@ def openssl_check(ctx: CAContext, crl: Path, out: Path) -> str:
 # -- the run ----------------------------------------------------------------------------------
 
 
+def insert_rows_postgres(ctx: CAContext, partition: str, count: int) -> float:
+    """The same rows into PostgreSQL with COPY (then ANALYZE, as autovacuum would)."""
+    import psycopg
+
+    loaded = ctx.authorities.get(AUTHORITY)
+    url = ctx.engine.url
+    args, kwargs = ctx.engine.dialect.create_connect_args(url)
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    draw = random.Random(secrets.randbits(64)).getrandbits
+    started = time.perf_counter()
+    with psycopg.connect(*args, **kwargs) as conn, conn.cursor() as cursor:
+        columns = (
+            "authority_id, key_generation_id, serial, profile, profile_version, status, subject, partition, "
+            "not_before, not_after, created_at, revoked_at, revocation_reason, invalidity_date"
+        )
+        with cursor.copy(f"COPY certificates ({columns}) FROM STDIN") as copy:
+            for i in range(count):
+                status, reason = REASONS[i % len(REASONS)]
+                revoked = base + timedelta(seconds=97 * (i % 100_003))
+                copy.write_row(
+                    (
+                        loaded.record.id,
+                        loaded.generation.id,
+                        format(draw(128) | 1 << 120, "x"),
+                        "bench",
+                        1,
+                        status,
+                        "CN=bench",
+                        partition,
+                        base,
+                        base + timedelta(days=5 * 365),
+                        base,
+                        revoked,
+                        reason,
+                        revoked - timedelta(days=1) if i % 50 == 0 else None,
+                    )
+                )
+        cursor.execute("ANALYZE certificates")
+    return time.perf_counter() - started
+
+
+def _row(builder: str, database: str, size: int, run: dict[str, Any], check: str) -> list[object]:
+    crl_mib = run["size"] / MIB
+    return [
+        builder,
+        database,
+        size,
+        run["seconds"],
+        run["cpu"],
+        run["entries"] / run["seconds"],
+        crl_mib,
+        run["rss_peak"],
+        run["rss_peak"] - run["rss_before"],
+        run["rss_peak"] / crl_mib,
+        check,
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.crl", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="100000,1000000,10000000", help="comma-separated entry counts")
     parser.add_argument(
         "--peer-max", type=int, default=1_000_000, help="largest size cryptography's builder is run on"
+    )
+    parser.add_argument(
+        "--postgres",
+        type=int,
+        default=0,
+        metavar="MAX",
+        help="also build on a throwaway PostgreSQL, sizes up to MAX (rows loaded with COPY)",
     )
     parser.add_argument("--child", choices=["kakuin", "cryptography"], help=argparse.SUPPRESS)
     parser.add_argument("--partition", help=argparse.SUPPRESS)
@@ -298,6 +365,11 @@ def main() -> None:
     print(f"# CRL build and sign, {machine_description()}", flush=True)
     print(f"# load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
     rows: list[list[object]] = []
+
+    def show(row: list[object]) -> None:
+        rows.append(row)
+        print(table(HEADERS, [row]).splitlines()[-1], file=sys.stderr, flush=True)
+
     with temp_ca() as ctx:
         out = ctx.settings.home / "out"
         out.mkdir()
@@ -306,42 +378,29 @@ def main() -> None:
             inserted = insert_rows(ctx, partition, size)
             print(f"inserted {size:,} revoked rows in {inserted:.1f} s", file=sys.stderr, flush=True)
             ours = run_child(ctx, "kakuin", partition, out)
-            check = openssl_check(ctx, Path(ours["path"]), out)
-            crl_mib = ours["size"] / MIB
-            rows.append(
-                [
-                    "kakuin (streamed)",
-                    size,
-                    ours["seconds"],
-                    ours["cpu"],
-                    ours["entries"] / ours["seconds"],
-                    crl_mib,
-                    ours["rss_peak"],
-                    ours["rss_peak"] - ours["rss_before"],
-                    ours["rss_peak"] / crl_mib,
-                    check,
-                ]
-            )
-            print(table(HEADERS, rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+            show(_row("kakuin (streamed)", "sqlite", size, ours, openssl_check(ctx, Path(ours["path"]), out)))
             Path(ours["path"]).unlink()
             if size <= args.peer_max:
                 peer = run_child(ctx, "cryptography", partition, out)
-                rows.append(
-                    [
-                        "cryptography (constructor list)",
-                        size,
-                        peer["seconds"],
-                        peer["cpu"],
-                        peer["entries"] / peer["seconds"],
-                        peer["size"] / MIB,
-                        peer["rss_peak"],
-                        peer["rss_peak"] - peer["rss_before"],
-                        peer["rss_peak"] / (peer["size"] / MIB),
-                        f"{ours['seconds'] and peer['seconds'] / ours['seconds']:.1f}× slower",
-                    ]
+                ratio = (
+                    f"{peer['seconds'] / ours['seconds']:.1f}× slower (CPU {peer['cpu'] / ours['cpu']:.1f}×)"
                 )
-                print(table(HEADERS, rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+                show(_row("cryptography (constructor list)", "sqlite", size, peer, ratio))
                 Path(peer["path"]).unlink()
+    if args.postgres:
+        from bench.common import temp_postgres
+
+        with temp_postgres() as make_database, temp_ca(make_database()) as ctx:
+            out = ctx.settings.home / "out"
+            out.mkdir()
+            for size in (s for s in sizes if s <= args.postgres):
+                partition = f"b{size}"
+                inserted = insert_rows_postgres(ctx, partition, size)
+                print(f"copied {size:,} revoked rows in {inserted:.1f} s", file=sys.stderr, flush=True)
+                ours = run_child(ctx, "kakuin", partition, out)
+                check = openssl_check(ctx, Path(ours["path"]), out)
+                show(_row("kakuin (streamed)", "postgresql", size, ours, check))
+                Path(ours["path"]).unlink()
     print(table(HEADERS, rows))
     print(
         "\nseconds: publish_full end to end (read, encode, spool, hash, one token signature, write, "
@@ -353,6 +412,7 @@ def main() -> None:
 
 HEADERS = [
     "builder",
+    "database",
     "entries",
     "seconds",
     "CPU s",

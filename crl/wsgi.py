@@ -34,8 +34,10 @@ from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from sqlalchemy.exc import OperationalError
 
 from ca.authorities import fingerprint
+from ca.errors import Unavailable
 from ca.store import AuthorityRecord, StoreReader
 from ca.verifiers import VerifierRegistry
 from crl import paths
@@ -134,6 +136,10 @@ class CRLResponder:
                 return self._ca_certificate(start_response, path[len(self.issuers_prefix) :], method)
             raise Problem(404, "Not found", f"nothing is published at {path}", "path")
         except Problem as problem:
+            return self._problem(start_response, problem, method)
+        except (Unavailable, OperationalError):
+            log.exception("CRL responder: database unavailable")
+            problem = Problem(503, "Service unavailable", "the database cannot be reached; try again later")
             return self._problem(start_response, problem, method)
 
     def _problem(self, start_response: StartResponse, problem: Problem, method: str) -> Iterable[bytes]:

@@ -327,3 +327,22 @@ def test_restricted_unpublished_partition_is_refused_before_it_is_looked_up(resp
     """A stranger learns nothing about which partitions exist."""
     status, headers, body = responder.request(f"/crl/jpki-sign/{municipality()}.crl", tls=True)
     assert status == 403 and _problem(403, headers, body)["field"] == "client_certificate"
+
+
+def test_database_unreachable_is_a_503_problem(tmp_path: Path) -> None:
+    """The app itself (as a gunicorn worker runs it) on a PostgreSQL URL nothing listens on."""
+    from ca.db import make_engine
+    from crl.wsgi import CRLResponder
+
+    engine = make_engine(f"postgresql+psycopg://nobody@/nothing?host={tmp_path}&port=1&connect_timeout=2")
+    app = CRLResponder(engine, tmp_path, "http://127.0.0.1:8082/crl", "http://127.0.0.1:8082/ca")
+    answers: list[str] = []
+    body = b"".join(
+        app(
+            {"REQUEST_METHOD": "GET", "PATH_INFO": "/crl/lgpki-app/0.crl", "wsgi.url_scheme": "http"},
+            lambda status, headers: answers.append(status),
+        )
+    )
+    assert answers == ["503 Service Unavailable"]
+    problem = json.loads(body)
+    assert problem["status"] == 503 and "database" in problem["detail"]

@@ -21,7 +21,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pkcs11 import Mechanism
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from ca.authorities import AuthorityRegistry
 from ca.errors import Conflict
@@ -36,16 +36,17 @@ from tests.conftest import APPLICANTS, make_csr
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def rows_by_serial(ctx: CAContext, serials: list[str]) -> dict[str, dict[str, Any]]:
+def all_rows(ctx: CAContext, after_id: int = 0) -> list[dict[str, Any]]:
+    """Certificate rows in the order they were reserved (ids increase), newer than ``after_id``."""
     table = Certificate.__table__
+    query = select(table).where(table.c.id > after_id).order_by(table.c.id)
     with ctx.engine.connect() as conn:
-        found = conn.execute(select(table).where(table.c.serial.in_(serials))).mappings().all()
-    return {row["serial"]: dict(row) for row in found}
+        return [dict(r) for r in conn.execute(query).mappings()]
 
 
-def all_rows(ctx: CAContext) -> list[dict[str, Any]]:
+def last_id(ctx: CAContext) -> int:
     with ctx.engine.connect() as conn:
-        return [dict(r) for r in conn.execute(select(Certificate.__table__)).mappings()]
+        return int(conn.execute(select(func.max(Certificate.__table__.c.id))).scalar() or 0)
 
 
 def failure_events(ctx: CAContext, actor: str) -> list[dict[str, Any]]:
@@ -101,14 +102,14 @@ def test_token_fails_midway_through_a_batch(
         )
         actor = f"test:midway:{os.getpid()}:{id(token)}"
         prepared = prepare_many(issuer, ec_key, 8, actor)
-        before = len(all_rows(ca_ctx))
+        before = last_id(ca_ctx)
         with pytest.raises(ConfigError) as caught:
             issuer.issue_prepared(prepared)
         assert caught.value.key == "token.pin_file"
     finally:
         token.close()
 
-    rows = all_rows(ca_ctx)[before:]
+    rows = all_rows(ca_ctx, after_id=before)
     assert len(rows) == 8
     statuses = [row["status"] for row in rows]
     assert statuses.count("issued") == 3 and statuses.count("failed") == 5

@@ -45,7 +45,7 @@ def issue(
 
 
 def table_rows(ctx: CAContext, table: Any, **where: Any) -> list[dict[str, Any]]:
-    query = select(table.__table__)
+    query = select(table.__table__).order_by(table.__table__.c.id)  # the order things happened
     for column, value in where.items():
         query = query.where(getattr(table.__table__.c, column) == value)
     with ctx.engine.connect() as conn:

@@ -35,10 +35,19 @@ def _check_authorities(ctx: CAContext, names: tuple[str, ...]) -> list[str] | No
     return list(names)
 
 
-def presign_once(ctx: CAContext, authorities: list[str] | None = None, quiet: bool = False) -> None:
+def presign_once(
+    ctx: CAContext, authorities: list[str] | None = None, quiet: bool = False, processes: int | None = None
+) -> None:
     from ocsp.presigner import presign
 
-    reports = presign(ctx, _settings(ctx), authorities, actor=actor() if not quiet else "kakuin up")
+    settings = _settings(ctx)
+    reports = presign(
+        ctx,
+        settings,
+        authorities,
+        processes=processes or settings.presign_processes,
+        actor=actor() if not quiet else "kakuin up",
+    )
     if quiet:
         return
     total_signed = sum(r.signed for r in reports)
@@ -68,13 +77,18 @@ def register(main: click.Group) -> None:
 
     @ocsp_group.command("presign")
     @click.option("--authority", "-a", "authorities", multiple=True, help="Only this authority (repeatable).")
+    @click.option(
+        "--processes",
+        type=click.IntRange(min=1),
+        help="Signing processes, each with its own token session (default: ocsp.presign_processes, 1).",
+    )
     @pass_state
     @reports_errors
-    def presign_command(state: State, authorities: tuple[str, ...]) -> None:
+    def presign_command(state: State, authorities: tuple[str, ...], processes: int | None) -> None:
         """Sign an answer for every live certificate whose stored answer is missing, stale (half its
         validity gone) or out of date; renews responder certificates first when they need it."""
         ctx = state.ctx
-        presign_once(ctx, _check_authorities(ctx, authorities))
+        presign_once(ctx, _check_authorities(ctx, authorities), processes=processes)
 
     @ocsp_group.command("responder-cert")
     @click.option("--authority", "-a", "authorities", multiple=True, help="Only this authority (repeatable).")

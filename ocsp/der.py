@@ -67,9 +67,18 @@ def _base128(value: int) -> bytes:
     return bytes(reversed(out))
 
 
+_TIMES: dict[datetime, bytes] = {}
+
+
 def generalized_time(when: datetime) -> bytes:
-    """RFC 5280 §4.1.2.5.2: UTC, seconds, no fraction, ``Z``."""
-    return tlv(0x18, when.strftime("%Y%m%d%H%M%SZ").encode("ascii"))
+    """RFC 5280 §4.1.2.5.2: UTC, seconds, no fraction, ``Z``. A batch of answers shares its
+    times, so the last few encodings are remembered."""
+    encoded = _TIMES.get(when)
+    if encoded is None:
+        if len(_TIMES) > 1024:
+            _TIMES.clear()
+        encoded = _TIMES[when] = tlv(0x18, when.strftime("%Y%m%d%H%M%SZ").encode("ascii"))
+    return encoded
 
 
 def explicit(number: int, content: bytes) -> bytes:
@@ -183,9 +192,11 @@ class ResponseTemplate:
 
     def response(self, tbs: bytes, signature: bytes) -> bytes:
         basic = sequence(tbs, self.signature_algorithm, bit_string(signature), self.certs)
-        response_bytes = sequence(oid(ID_PKIX_OCSP_BASIC), octet_string(basic))
-        return sequence(enumerated(SUCCESSFUL), explicit(0, response_bytes))
+        return sequence(_SUCCESSFUL, explicit(0, sequence(_BASIC, octet_string(basic))))
 
+
+_SUCCESSFUL = enumerated(SUCCESSFUL)
+_BASIC = oid(ID_PKIX_OCSP_BASIC)
 
 SIGNATURE_ALGORITHMS = {
     ("ec", "sha256"): sequence(oid("1.2.840.10045.4.3.2")),

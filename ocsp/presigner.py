@@ -11,19 +11,23 @@ the certificate's status, and signs live otherwise.
 
 from __future__ import annotations
 
+import multiprocessing
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from ca.service import CAContext
-from ca.signed_status import SignedAnswer, SignedStatusStore
+from ca.signed_status import DueCertificate, SignedAnswer, SignedStatusStore
 from ca.timeutil import utcnow
+from config import Settings
 from ocsp import der
-from ocsp.issuers import IssuerIndex
+from ocsp.issuers import IssuerEntry, IssuerIndex
 from ocsp.responders import ResponderPool, ensure_responders
 from ocsp.settings import OCSPSettings
-from ocsp.signer import cert_status
+from ocsp.signer import ResponderSigner, cert_status
 from ocsp.store import PresignerRunRecord, PresignerRuns
 
 
@@ -52,16 +56,87 @@ def current_issuers(ctx: CAContext, names: list[str] | None = None) -> IssuerInd
     return IssuerIndex.build(pairs)
 
 
+def sign_batch(
+    signer: ResponderSigner,
+    entry: IssuerEntry,
+    due: list[DueCertificate],
+    settings: OCSPSettings,
+    this_update: datetime,
+) -> tuple[list[SignedAnswer], int]:
+    """The answers for one page of due certificates (one token signature each), and how many were
+    skipped (issued under an older CA key, which the current responder cannot speak for)."""
+    next_update = signer.cap(this_update + settings.validity)
+    answers = []
+    skipped = 0
+    for certificate in due:
+        if certificate.key_generation_id != entry.key_generation_id:
+            skipped += 1
+            continue
+        status_name, status = cert_status(
+            certificate.status, certificate.revoked_at, certificate.revocation_reason
+        )
+        serial = int(certificate.serial, 16)
+        for hash_name in settings.presign_hashes:
+            name_hash, key_hash = entry.hashes[hash_name]
+            single = der.single_response(
+                der.cert_id(hash_name, name_hash, key_hash, serial), status, this_update, next_update
+            )
+            answers.append(
+                SignedAnswer(
+                    certificate=certificate,
+                    authority_id=entry.authority_id,
+                    hash_algorithm=hash_name,
+                    cert_status=status_name,
+                    der=signer.sign([single], this_update),
+                    this_update=this_update,
+                    next_update=next_update,
+                )
+            )
+    return answers, skipped
+
+
+# -- worker processes -------------------------------------------------------------------------
+#
+# One process signs at the token's single-session rate. More processes sign in parallel, each with
+# its own PKCS#11 session and database connections. They are *spawned*, not forked: the caller may
+# be `kakuin up`, whose other threads can hold the token's lock at the moment of a fork.
+
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_start(settings: Settings, ocsp_settings: OCSPSettings) -> None:
+    if "softhsm" in settings.pkcs11_module:
+        from hsm.softhsm import ensure_conf
+
+        ensure_conf(settings.home, settings.softhsm_conf)
+    ctx = CAContext(settings)
+    _WORKER.update(
+        settings=ocsp_settings,
+        pool=ResponderPool(ctx.engine, ctx.token, refresh_seconds=0),
+        store=SignedStatusStore(ctx.engine),
+    )
+
+
+def _worker_sign(entry: IssuerEntry, due: list[DueCertificate], this_update: datetime) -> tuple[int, int]:
+    signer = _WORKER["pool"].signer(entry.authority_id, this_update)
+    if signer is None:
+        raise RuntimeError(f"no current responder certificate for {entry.name}")
+    answers, skipped = sign_batch(signer, entry, due, _WORKER["settings"], this_update)
+    return _WORKER["store"].save(answers, this_update), skipped
+
+
 def presign(
     ctx: CAContext,
     settings: OCSPSettings,
     authorities: list[str] | None = None,
     *,
+    processes: int = 1,
     now: Callable[[], datetime] = utcnow,
     progress: Callable[[str, int], None] | None = None,
     actor: str = "kakuin ocsp presign",
 ) -> list[PresignReport]:
-    """Sign every due answer of ``authorities`` (default: all); returns one report per authority."""
+    """Sign every due answer of ``authorities`` (default: all) with ``processes`` signing
+    processes; returns one report per authority."""
     ensure_responders(
         ctx,
         key_spec=settings.responder_key,
@@ -69,6 +144,28 @@ def presign(
         authorities=authorities,
         actor=actor,
     )
+    workers = None
+    if processes > 1:
+        workers = multiprocessing.get_context("spawn").Pool(
+            processes, initializer=_worker_start, initargs=(ctx.settings, settings)
+        )
+    try:
+        return _presign(ctx, settings, authorities, workers, processes, now, progress)
+    finally:
+        if workers is not None:
+            workers.close()
+            workers.join()
+
+
+def _presign(
+    ctx: CAContext,
+    settings: OCSPSettings,
+    authorities: list[str] | None,
+    workers: Any,
+    processes: int,
+    now: Callable[[], datetime],
+    progress: Callable[[str, int], None] | None,
+) -> list[PresignReport]:
     store = SignedStatusStore(ctx.engine)
     runs = PresignerRuns(ctx.engine)
     pool = ResponderPool(ctx.engine, ctx.token, refresh_seconds=0)
@@ -83,6 +180,15 @@ def presign(
         refresh_before = started_at + settings.refresh_margin
         due_total = signed = skipped = 0
         after_id = 0
+        pending: deque[Any] = deque()
+
+        def collect(result: tuple[int, int], name: str = entry.name) -> None:
+            nonlocal signed, skipped
+            signed += result[0]
+            skipped += result[1]
+            if progress is not None:
+                progress(name, result[0])
+
         while True:
             due = store.due(
                 entry.authority_id,
@@ -97,35 +203,15 @@ def presign(
             after_id = due[-1].id
             due_total += len(due)
             this_update = now()
-            next_update = signer.cap(this_update + settings.validity)
-            answers = []
-            for certificate in due:
-                if certificate.key_generation_id != entry.key_generation_id:
-                    skipped += 1
-                    continue
-                status_name, status = cert_status(
-                    certificate.status, certificate.revoked_at, certificate.revocation_reason
-                )
-                serial = int(certificate.serial, 16)
-                for hash_name in settings.presign_hashes:
-                    name_hash, key_hash = entry.hashes[hash_name]
-                    single = der.single_response(
-                        der.cert_id(hash_name, name_hash, key_hash, serial), status, this_update, next_update
-                    )
-                    answers.append(
-                        SignedAnswer(
-                            certificate=certificate,
-                            authority_id=entry.authority_id,
-                            hash_algorithm=hash_name,
-                            cert_status=status_name,
-                            der=signer.sign([single], this_update),
-                            this_update=this_update,
-                            next_update=next_update,
-                        )
-                    )
-            signed += store.save(answers, this_update)
-            if progress is not None:
-                progress(entry.name, len(answers))
+            if workers is None:
+                answers, page_skipped = sign_batch(signer, entry, due, settings, this_update)
+                collect((store.save(answers, this_update), page_skipped))
+                continue
+            pending.append(workers.apply_async(_worker_sign, (entry, due, this_update)))
+            while len(pending) >= 2 * processes:  # bounded: pages are read as they are signed
+                collect(pending.popleft().get())
+        while pending:
+            collect(pending.popleft().get())
         seconds = time.perf_counter() - started
         runs.record(
             PresignerRunRecord(

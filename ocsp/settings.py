@@ -41,6 +41,7 @@ class OCSPSettings:
     presign_hashes: tuple[str, ...] = PRESIGN_HASHES
     presign_interval: float = 300.0
     presign_batch: int = 2000
+    presign_processes: int = 1
     responder_key: str = "ec-p256"
     renew_fraction: float = 1 / 3
     query_log_retention_days: int = 90
@@ -64,6 +65,7 @@ _KEYS = {
     "presign_hashes",
     "presign_interval",
     "presign_batch",
+    "presign_processes",
     "responder_key",
     "renew_fraction",
     "query_log_retention_days",
@@ -127,6 +129,7 @@ def load_ocsp_settings(settings: Settings) -> OCSPSettings:
         presign_hashes=tuple(hashes),
         presign_interval=float(number("presign_interval", defaults.presign_interval, 1)),
         presign_batch=number("presign_batch", defaults.presign_batch, 1, integer=True),
+        presign_processes=number("presign_processes", defaults.presign_processes, 1, integer=True),
         responder_key=str(responder_key),
         renew_fraction=float(renew),
         query_log_retention_days=number(

@@ -53,7 +53,8 @@ def test_responder_cert_and_presign_commands(ocsp_ca: OCSPCA) -> None:
 
     for _ in range(2):
         ca.issue("operator")
-    result = kakuin(ca, "ocsp", "presign", "--authority", "operator")
+    # Two spawned signing processes, each with its own token session and database connections.
+    result = kakuin(ca, "ocsp", "presign", "--authority", "operator", "--processes", "2")
     assert result.returncode == 0, result.stderr
     signed = int(re.search(r"^signed (\d+) answers in", result.stdout, re.M).group(1))  # type: ignore[union-attr]
     assert signed >= 2 * 2  # two new certificates (and the new responder's own), SHA-1 and SHA-256

@@ -139,8 +139,10 @@ class CRLResponder:
             return self._problem(start_response, problem, method)
         except (Unavailable, OperationalError):
             log.exception("CRL responder: database unavailable")
-            problem = Problem(503, "Service unavailable", "the database cannot be reached; try again later")
-            return self._problem(start_response, problem, method)
+            unavailable = Problem(
+                503, "Service unavailable", "the database cannot be reached; try again later"
+            )
+            return self._problem(start_response, unavailable, method)
 
     def _problem(self, start_response: StartResponse, problem: Problem, method: str) -> Iterable[bytes]:
         body: dict[str, Any] = {

@@ -435,9 +435,11 @@ def test_revoked_cross_certificates_fail_crl_checks_both_ways(
         return results
 
     for code, output in check("before"):
-        assert code == 0 and output.split(" | ")[0].strip().endswith(": OK") and output.endswith("pyhanko: valid"), (
-            output
-        )
+        assert (
+            code == 0
+            and output.split(" | ")[0].strip().endswith(": OK")
+            and output.endswith("pyhanko: valid")
+        ), output
 
     # Each bridge revokes its cross certificate to the other: ours through the CLI, GPKI's in its store.
     lg2g, g2lg = bridged.certs["lg:gpki"], bridged.certs["g:lgpki"]

@@ -294,6 +294,7 @@ set -u
 ip link set lo up
 openssl ocsp -port {port} -index {index} -CA {ca} -rsigner {rsigner} -rkey {rkey} \
     -nmin 1 -timeout 5 -multi {workers} > {log} 2>&1 &
+echo $! > {pidfile}
 ready=no
 for i in $(seq 100); do
   if openssl ocsp -issuer {ca} -cert {leaf} -url http://127.0.0.1:{port}/ -no_nonce -noverify -timeout 2 2>&1 \
@@ -304,6 +305,23 @@ done
 BENCH_BODIES={bodies} BENCH_PATH=/ wrk -t2 -c{connections} -d{seconds}s --timeout 5s --latency -s {script} \
     http://127.0.0.1:{port}
 """
+
+
+def kill_tree(pidfile: Path) -> None:
+    """SIGKILL the process whose id is in ``pidfile`` and its children (by parent id, from /proc)."""
+    try:
+        parent = int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == parent:
+                children.append(int(stat.parent.name))
+    for pid in (parent, *children):  # the parent first: it would respawn a killed child
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def openssl_peer(
@@ -321,14 +339,16 @@ def openssl_peer(
         rkey=files["rkey"],
         workers=args.workers,
         log=work / "openssl.log",
+        pidfile=work / "openssl.pid",
         leaf=leaf,
         bodies=bodies,
         connections=args.connections,
         seconds=args.seconds,
         script=script,
     )
-    # Its own process group: the peer (which ignores a polite SIGTERM while its -multi children
-    # sit in accept) is killed with the shell that started it, by group id, whatever happens.
+    # The shell and wrk run in a process group of their own; the peer puts itself (-multi) in
+    # another and ignores a polite SIGTERM while its children sit in accept, so it is killed by
+    # its recorded process id, children first found by parent id. Whatever happens.
     process = subprocess.Popen(
         ["unshare", "-n", "sh", "-c", text],
         stdout=subprocess.PIPE,
@@ -342,6 +362,7 @@ def openssl_peer(
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+        kill_tree(work / "openssl.pid")
     if process.returncode != 0:
         raise RuntimeError(f"openssl peer failed: {stderr[-2000:]}")
     return parse_wrk(stdout)
@@ -357,6 +378,10 @@ def main() -> None:
     if shutil.which("wrk") is None:
         sys.exit("bench.ocsp needs wrk (Debian package wrk)")
     print(f"# OCSP benchmark: {machine_description()}", flush=True)
+    print(
+        f"# load average before the run: {os.getloadavg()[0]:.1f} (other work on the machine slows every row)",
+        flush=True,
+    )
     print(
         f"# {args.certificates} EC P-256 certificates of {AUTHORITY}; wrk -t2 -c{args.connections} "
         f"-d{args.seconds}s per target, keep-alive where the server allows it; {args.workers} server processes",
@@ -391,6 +416,7 @@ def main() -> None:
         )
         print()
         print(table(["pre-signing", "answers", "seconds", "answers/s"], presigner_rows))
+        print(f"# load average after the run: {os.getloadavg()[0]:.1f}")
         peer = next((r.requests_per_second for r in runs if r.target.startswith("openssl")), NAN)
         print()
         print(

@@ -100,7 +100,10 @@ class LiveSource:
     def answer(
         self, request: OCSPRequest, entry: IssuerEntry, rows: list[StatusRow | None], now: datetime
     ) -> Answer:
-        signer = self.pool.signer(entry.authority_id, now)
+        try:
+            signer = self.pool.signer(entry.authority_id, now)
+        except TokenError as exc:
+            raise Refused(der.TRY_LATER, f"the token cannot be reached ({type(exc).__name__})") from None
         if signer is None:
             raise Refused(der.TRY_LATER, f"no current responder certificate for {entry.name}")
         singles = []

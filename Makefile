@@ -5,7 +5,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
-DEBIAN_PACKAGES := softhsm2 openssl postgresql wrk opensc
+DEBIAN_PACKAGES := softhsm2 openssl postgresql wrk opensc chromium fonts-noto-cjk
 export KAKUIN_HOME ?= $(CURDIR)/var
 
 .PHONY: help run test lint typecheck unit bench debian-packages venv clean

@@ -246,6 +246,9 @@ def create_app(ctx: CAContext | None = None, config: str | None = None) -> Flask
     app = Flask("registration")
     app.config["MAX_CONTENT_LENGTH"] = max_body
     app.extensions["kakuin.ra"] = service
+    from registration import console
+
+    console.install(app, settings.home)
 
     # -- authentication, logging, metrics --------------------------------------------------------
 

@@ -91,13 +91,44 @@ end
 
 
 @dataclass(frozen=True)
-class Run:
-    target: str
-    method: str
+class Load:
+    """What wrk saw, and the CPU the server's processes spent meanwhile."""
+
+    requests: int
     requests_per_second: float
     p50_ms: float
     p99_ms: float
     errors: str
+    server_cpu_seconds: float = NAN
+
+    @property
+    def cpu_us_per_request(self) -> float:
+        return self.server_cpu_seconds / self.requests * 1e6 if self.requests else NAN
+
+
+@dataclass(frozen=True)
+class Run:
+    target: str
+    method: str
+    load: Load
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def tree_ticks(root: int) -> int:
+    """utime + stime of ``root`` and its descendants (found by parent id in /proc), in clock ticks:
+    CPU per request does not depend on what else the machine runs, as throughput does."""
+    stats: dict[int, tuple[int, int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            stats[int(stat.parent.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    total, frontier = 0, {root}
+    while frontier:
+        total += sum(stats[pid][1] for pid in frontier if pid in stats)
+        frontier = {pid for pid, (ppid, _t) in stats.items() if ppid in frontier}
+    return total
 
 
 def free_port() -> int:
@@ -185,9 +216,8 @@ def wait_good(port: int, path: str, request: bytes, serial: int, deadline: float
         time.sleep(0.2)
 
 
-def wrk(
-    url: str, script: Path, env: dict[str, str], seconds: int, connections: int
-) -> tuple[float, float, float, str]:
+def wrk(url: str, script: Path, env: dict[str, str], seconds: int, connections: int, server: int) -> Load:
+    before = tree_ticks(server)
     result = subprocess.run(
         [
             "wrk",
@@ -206,11 +236,13 @@ def wrk(
         text=True,
         timeout=seconds + 60,
     )
-    return parse_wrk(result.stdout)
+    load = parse_wrk(result.stdout)
+    return replace(load, server_cpu_seconds=(tree_ticks(server) - before) / TICK)
 
 
-def parse_wrk(text: str) -> tuple[float, float, float, str]:
+def parse_wrk(text: str) -> Load:
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))  # type: ignore[union-attr]
+    requests = int(re.search(r"(\d+) requests in", text).group(1))  # type: ignore[union-attr]
 
     def percentile(label: str) -> float:
         match = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
@@ -224,7 +256,7 @@ def parse_wrk(text: str) -> tuple[float, float, float, str]:
         errors.append(f"non-2xx {match.group(1)}")
     if match := re.search(r"Socket errors: (.+)", text):
         errors.append(match.group(1).strip())
-    return rps, percentile("50"), percentile("99"), "; ".join(errors) or "none"
+    return Load(requests, rps, percentile("50"), percentile("99"), "; ".join(errors) or "none")
 
 
 def openssl_peer_files(
@@ -302,8 +334,12 @@ for i in $(seq 100); do
   sleep 0.2
 done
 [ "$ready" = yes ] || {{ echo "openssl ocsp did not answer good" >&2; exit 1; }}
+peer=$(cat {pidfile})
+ticks() {{ t=0; for p in $peer $(pgrep -P $peer); do t=$((t + $(awk '{{print $14 + $15}}' /proc/$p/stat))); done; echo $t; }}
+echo "TICKS_BEFORE $(ticks)"
 BENCH_BODIES={bodies} BENCH_PATH=/ wrk -t2 -c{connections} -d{seconds}s --timeout 5s --latency -s {script} \
     http://127.0.0.1:{port}
+echo "TICKS_AFTER $(ticks)"
 """
 
 
@@ -326,7 +362,7 @@ def kill_tree(pidfile: Path) -> None:
 
 def openssl_peer(
     files: dict[str, Path], leaf: Path, work: Path, script: Path, bodies: Path, args: argparse.Namespace
-) -> tuple[float, float, float, str]:
+) -> Load:
     """``openssl ocsp -port`` and wrk inside ``unshare -n`` (a private network namespace: nothing
     outside this machine's loopback can reach the peer), bounded by ``timeout``."""
     if shutil.which("unshare") is None or shutil.which("ip") is None:
@@ -365,7 +401,8 @@ def openssl_peer(
         kill_tree(work / "openssl.pid")
     if process.returncode != 0:
         raise RuntimeError(f"openssl peer failed: {stderr[-2000:]}")
-    return parse_wrk(stdout)
+    ticks = {k: int(v) for k, v in re.findall(r"^TICKS_(BEFORE|AFTER) (\d+)$", stdout, re.M)}
+    return replace(parse_wrk(stdout), server_cpu_seconds=(ticks["AFTER"] - ticks["BEFORE"]) / TICK)
 
 
 def main() -> None:
@@ -417,7 +454,7 @@ def main() -> None:
         print()
         print(table(["pre-signing", "answers", "seconds", "answers/s"], presigner_rows))
         print(f"# load average after the run: {os.getloadavg()[0]:.1f}")
-        peer = next((r.requests_per_second for r in runs if r.target.startswith("openssl")), NAN)
+        peer = next((r.load for r in runs if r.target.startswith("openssl")), None)
         print()
         print(
             table(
@@ -427,18 +464,22 @@ def main() -> None:
                     "req/s",
                     f"p50 ms (c={args.connections})",
                     f"p99 ms (c={args.connections})",
-                    "× openssl",
+                    "× openssl req/s",
+                    "server CPU µs/req",
+                    "× openssl CPU/req",
                     "errors",
                 ],
                 [
                     [
                         r.target,
                         r.method,
-                        r.requests_per_second,
-                        r.p50_ms,
-                        r.p99_ms,
-                        r.requests_per_second / peer,
-                        r.errors,
+                        r.load.requests_per_second,
+                        r.load.p50_ms,
+                        r.load.p99_ms,
+                        r.load.requests_per_second / peer.requests_per_second if peer else NAN,
+                        r.load.cpu_us_per_request,
+                        peer.cpu_us_per_request / r.load.cpu_us_per_request if peer else NAN,
+                        r.load.errors,
                     ]
                     for r in runs
                 ],
@@ -470,17 +511,15 @@ def serve_and_load(
         **ca_environment(ctx),
         "KAKUIN_OCSP_URL": f"http://127.0.0.1:{port}/ocsp",
     }
-    with process_group(granian_argv("127.0.0.1", port, args.workers), env, work / "granian.log"):
+    with process_group(granian_argv("127.0.0.1", port, args.workers), env, work / "granian.log") as server:
         wait_good(port, "/ocsp", requests[0], certificates[0].serial_number)
         for method, script, extra in (
             ("POST", post_lua, {"BENCH_BODIES": str(bodies), "BENCH_PATH": f"/ocsp/{AUTHORITY}"}),
             ("GET", get_lua, {"BENCH_PATHS": str(paths)}),
         ):
-            rps, p50, p99, errors = wrk(
-                f"http://127.0.0.1:{port}", script, extra, args.seconds, args.connections
-            )
-            runs.append(Run("kakuin (granian, pre-signed)", method, rps, p50, p99, errors))
-            print(f"kakuin {method}: {rps:,.0f} req/s", flush=True)
+            load = wrk(f"http://127.0.0.1:{port}", script, extra, args.seconds, args.connections, server.pid)
+            runs.append(Run("kakuin (granian, pre-signed)", method, load))
+            print(f"kakuin {method}: {load.requests_per_second:,.0f} req/s", flush=True)
         metrics = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         metrics.request("GET", "/metrics")
         text = metrics.getresponse().read().decode()
@@ -492,13 +531,13 @@ def serve_and_load(
     files = openssl_peer_files(ctx, certificates, work)
     leaf = work / "leaf.pem"
     leaf.write_bytes(certificates[0].public_bytes(Encoding.PEM))
-    rps, p50, p99, errors = openssl_peer(files, leaf, work, post_lua, bodies, args)
-    runs.append(Run("openssl ocsp -port (signs live, EC P-256)", "POST", rps, p50, p99, errors))
-    print(f"openssl POST: {rps:,.0f} req/s", flush=True)
+    load = openssl_peer(files, leaf, work, post_lua, bodies, args)
+    runs.append(Run("openssl ocsp -port (signs live, EC P-256)", "POST", load))
+    print(f"openssl POST: {load.requests_per_second:,.0f} req/s", flush=True)
 
     nginx = shutil.which("nginx")
     if nginx is None:
-        runs.append(Run("nginx, same pre-signed bytes", "GET", NAN, NAN, NAN, "not installed"))
+        runs.append(Run("nginx, same pre-signed bytes", "GET", Load(0, NAN, NAN, NAN, "not installed")))
     return runs
 
 

@@ -31,6 +31,7 @@ class CertID:
     issuer_key_hash: bytes
     serial: int
     raw: bytes  # the CertID exactly as the client encoded it: echoed in live answers
+    simple: bool = False  # read by the fast path, which admits only the canonical encoding
 
     @property
     def serial_hex(self) -> str | None:
@@ -43,6 +44,8 @@ class CertID:
     @property
     def canonical(self) -> bool:
         """Encoded the way pre-signed answers encode it (NULL hash parameters, minimal serial)."""
+        if self.simple:  # the fast path accepts only that encoding
+            return self.serial > 0
         return self.serial > 0 and self.raw == canonical_cert_id(
             self.hash_name, self.issuer_name_hash, self.issuer_key_hash, self.serial
         )
@@ -239,5 +242,6 @@ def _simple_request(der: bytes) -> OCSPRequest | None:
         issuer_key_hash=der[key_start:key_end],
         serial=int.from_bytes(serial_bytes, "big", signed=True),
         raw=der[cert_id_start:cert_id_end],
+        simple=True,
     )
     return OCSPRequest(cert_ids=(cert_id,), nonce=None, signature=None)

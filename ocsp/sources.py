@@ -19,6 +19,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -57,8 +58,10 @@ class Caller:
     tls_certificate: bytes | None = None
 
 
-@dataclass(frozen=True)
-class Answer:
+class Answer(NamedTuple):
+    """A successful response and what the HTTP layer and the metrics need to know about it (a
+    named tuple: one is built per request)."""
+
     der: bytes
     cert_statuses: tuple[str, ...]
     source: str  # presigned | live

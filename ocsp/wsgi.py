@@ -440,12 +440,15 @@ def _decode_base64(text: str) -> bytes:
         raise ValueError(str(exc)) from None
 
 
+_ANONYMOUS = Caller()
+
+
 def _caller(environ: dict[str, Any]) -> Caller:
     """The verified TLS client certificate, where the server exposes it (gunicorn's socket)."""
     sock = environ.get("gunicorn.socket")
     getpeercert = getattr(sock, "getpeercert", None)
     if getpeercert is None:
-        return Caller()
+        return _ANONYMOUS
     try:
         certificate = getpeercert(binary_form=True)
     except (ValueError, OSError):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -134,6 +135,9 @@ class BuiltCRL:
     entries: int
     size: int
     sha256: str
+    # Seconds per phase: reading and encoding the entries, hashing the TBS, the token's
+    # signature, writing the file, fsyncing it (for the log and the benchmark).
+    phases: dict[str, float] = field(default_factory=dict)
 
 
 def signature_algorithm(key: SigningKey, hash_algorithm: hashes.HashAlgorithm) -> bytes:
@@ -183,6 +187,15 @@ def write_crl(
     path.parent.mkdir(parents=True, exist_ok=True)
     spool = path.with_name(f".{path.name}.entries")
     partial = path.with_name(f".{path.name}.partial")
+    phases: dict[str, float] = {}
+    started = time.perf_counter()
+
+    def phase(name: str) -> None:
+        nonlocal started
+        now = time.perf_counter()
+        phases[name] = now - started
+        started = now
+
     try:
         count = 0
         entries_length = 0
@@ -193,6 +206,7 @@ def write_crl(
                 entries_length += len(chunk)
                 if progress is not None:
                     progress(n)
+        phase("entries")
 
         algorithm = signature_algorithm(key, hash_algorithm)
         fixed = (
@@ -214,8 +228,10 @@ def write_crl(
             tbs_hash.update(view)
         tbs_hash.update(extensions)
         digest = tbs_hash.digest()
+        phase("hash")
         signature = sign_digest(key, digest, hash_algorithm)
         _verify_digest(key, signature, digest, hash_algorithm)
+        phase("sign")
 
         tail = extensions + algorithm + der.tlv(der.BIT_STRING, b"\x00" + signature)
         total = len(tbs_head) + entries_length + len(tail)
@@ -229,14 +245,17 @@ def write_crl(
                 file_hash.update(view)
             out.write(tail)
             file_hash.update(tail)
+            phase("copy")
             os.fsync(out.fileno())
         os.replace(partial, path)
         _fsync_directory(path.parent)
+        phase("fsync")
         return BuiltCRL(
             path=path,
             entries=count,
             size=len(head) + entries_length + len(tail),
             sha256=file_hash.hexdigest(),
+            phases=phases,
         )
     finally:
         spool.unlink(missing_ok=True)

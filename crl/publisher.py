@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from asn1crypto import x509 as asn1_x509
@@ -61,6 +61,7 @@ class Outcome:
     number: int  # the number taken from the scope's counter (recorded or not)
     record: PublishedRecord | None
     note: str = ""
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per build phase
 
 
 class Publisher:
@@ -294,15 +295,17 @@ class Publisher:
                 allocation.number,
                 None,
                 "a newer CRL of this scope was published meanwhile",
+                built.phases,
             )
         log.info(
-            "published %s #%d (%d entries, %d bytes)",
+            "published %s #%d (%d entries, %d bytes; %s)",
             relative,
             recorded.number,
             recorded.entries,
             recorded.size,
+            ", ".join(f"{name} {seconds:.3f} s" for name, seconds in built.phases.items()),
         )
-        return Outcome(authority.name, partition, kind, allocation.number, recorded)
+        return Outcome(authority.name, partition, kind, allocation.number, recorded, phases=built.phases)
 
     # -- on demand and on schedule ----------------------------------------------------------
 

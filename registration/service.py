@@ -502,6 +502,11 @@ class RegistrationService:
         first["replayed"] = False
         return 200, first
 
+    def resident_events(self, caller: Caller, limit: int = 100) -> list[dict[str, Any]]:
+        """Recent resident-change events and what each revoked: CA operators answer for them."""
+        caller.require("operator")
+        return self.store.recent_resident_events(limit)
+
     # -- registry administration --------------------------------------------------------------
 
     def add_office(self, caller: Caller, body: Any) -> Any:

@@ -709,6 +709,30 @@ class RegistrationStore:
             )
             CAStore._audit(conn, sender.actor, "resident_event.apply", detail=detail)
 
+    def recent_resident_events(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest resident-change events with their sender and first answer (which lists what
+        each revoked), newest first; the resident's keyed hash is not returned."""
+        with self._connect() as conn:
+            rows = (
+                conn.execute(
+                    select(
+                        events_t.c.id,
+                        events_t.c.event_id,
+                        events_t.c.kind,
+                        events_t.c.outcome,
+                        events_t.c.response,
+                        events_t.c.received_at,
+                        accounts_t.c.name.label("sender"),
+                    )
+                    .join(accounts_t, accounts_t.c.id == events_t.c.sender_id)
+                    .order_by(events_t.c.id.desc())
+                    .limit(limit)
+                )
+                .mappings()
+                .all()
+            )
+        return [{**dict(row), "response": json.loads(row["response"] or "{}")} for row in rows]
+
     def residents_known(self, resident_key: str) -> bool:
         with self._connect() as conn:
             row = conn.execute(

@@ -483,3 +483,9 @@ def hold(authority: str, serial: str) -> BaseResponse:
 def release(authority: str, serial: str) -> BaseResponse:
     service().operator_release(caller(), authority, serial)
     return redirect(url_for("console.certificate", authority=authority, serial=serial, done="release"), 303)
+
+
+@bp.get("/events")
+def events() -> Response:
+    """Resident-change events (異動等情報) and the certificates each revoked, for operators."""
+    return page("events.html", events=service().resident_events(caller(), 100))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from tests.conftest import make_csr, openssl
 from tests.console.conftest import shot
-from tests.registration.conftest import People
+from tests.registration.conftest import RA, People, issue, resident_id, submission
 
 SAFE_NAME = "千代田区"
 
@@ -249,3 +250,29 @@ def test_english_and_operator_queue(people: People, open_as: Any) -> None:
     # keyboard: the first Tab reaches the skip link, Enter moves to the main content
     operator.keyboard.press("Tab")
     assert operator.evaluate("document.activeElement.className") == "skip"
+
+
+def test_operator_sees_resident_events_and_what_they_revoked(
+    ra: RA, people: People, open_as: Any, rsa_key: Any
+) -> None:
+    rid = resident_id()
+    sign = issue(people, submission("jpki-sign", rsa_key, resident_id=rid))
+    registry = ra.account("registry-console", "registry")
+    event_id = "console-" + uuid.uuid4().hex[:8]
+    sent = registry.post(
+        "/v1/resident-events",
+        {"event_id": event_id, "kind": "moved", "resident_id": rid, "occurred_on": "2026-04-01"},
+    )
+    assert sent.status_code == 200, sent.text
+    operator = open_as(people.operator)
+    operator.goto(people.operator.base + "/console/")
+    operator.get_by_role("link", name="住民異動").click()
+    row = operator.locator("#events tbody tr", has_text=event_id)
+    assert row.count() == 1
+    assert sign["serial"] in row.inner_text() and "affiliationChanged" in row.inner_text()
+    assert rid not in operator.content()
+    shot(operator, "resident-events")
+    # an office reviewer may not see it
+    reviewer = open_as(people.a.reviewer)
+    reviewer.goto(people.a.reviewer.base + "/console/events")
+    assert "許可されていません" in reviewer.inner_text("#error-message")

@@ -10,7 +10,7 @@ from typing import Any
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from tests.conftest import make_csr, openssl
+from tests.conftest import jpki_sign_applicant, make_csr, openssl
 from tests.console.conftest import shot
 from tests.registration.conftest import RA, People, issue, resident_id, submission
 
@@ -276,3 +276,41 @@ def test_operator_sees_resident_events_and_what_they_revoked(
     reviewer = open_as(people.a.reviewer)
     reviewer.goto(people.a.reviewer.base + "/console/events")
     assert "許可されていません" in reviewer.inner_text("#error-message")
+
+
+def test_resident_application_field_errors_and_personal_data(
+    people: People, open_as: Any, tmp_path: Path
+) -> None:
+    office = people.b
+    clerk = open_as(office.clerk)
+    clerk.goto(office.clerk.base + "/console/applications/new?profile=jpki-sign")
+    assert clerk.locator("label[for=f-birth_date]").inner_text() == "生年月日"
+    applicant = jpki_sign_applicant(birth_date="1985-13-45")
+    clerk.set_input_files("#csr", str(csr_file(tmp_path)))
+    clerk.fill("#resident_id", resident_id())
+    for name, value in applicant.items():
+        clerk.fill(f"#f-{name}", str(value))
+    clerk.click("#submit")
+    # the service's field "applicant.birth_date" is shown next to that input, the rest kept
+    assert clerk.locator("#f-birth_date-error").is_visible()
+    assert clerk.get_attribute("#f-birth_date", "aria-invalid") == "true"
+    assert clerk.input_value("#f-name") == applicant["name"]
+    shot(clerk, "new-application-field-error")
+    clerk.set_input_files("#csr", str(csr_file(tmp_path)))
+    clerk.fill("#resident_id", resident_id())
+    clerk.fill("#f-birth_date", "1985-07-15")
+    clerk.click("#submit")
+    assert "申請を受け付けました" in clerk.inner_text(".notice"), clerk.inner_text("main")
+    app_id = int(clerk.url.rsplit("/", 1)[1].split("?")[0])
+
+    # the office reviewer checks the basic 4 items; the CA operator does not see them
+    reviewer = open_as(office.reviewer)
+    reviewer.goto(office.reviewer.base + f"/console/applications/{app_id}")
+    assert str(applicant["name"]) in reviewer.inner_text("#applicant")
+    reviewer.click("#approve")
+    operator = open_as(people.operator)
+    operator.goto(people.operator.base + f"/console/applications/{app_id}")
+    shown = operator.inner_text("main")
+    assert str(applicant["name"]) not in shown and str(applicant["address"]) not in shown
+    assert "窓口の職員のみに表示" in shown
+    assert "13101" in operator.inner_text("#applicant")  # non-personal items remain

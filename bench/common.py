@@ -70,6 +70,14 @@ def children_peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and of its children that have been waited for
+    (a joined worker pool, a finished CLI run). CPU per unit of work is robust to other load on a
+    shared machine where wall-clock rates are not."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def rate(fn: Callable[[], object], seconds: float = 2.0, warmup: int = 5) -> float:
     """Calls per second of ``fn``, called in a loop for about ``seconds`` after a short warm-up."""
     for _ in range(warmup):

@@ -105,10 +105,10 @@ class StatusReader:
         if driver is None:
             try:
                 conn = self.engine.raw_connection()
-                driver = conn.driver_connection
+                driver = cast(Any, conn.driver_connection)
                 if self._postgres:
                     # Each read is its own statement snapshot; no transaction stays open.
-                    driver.autocommit = True  # type: ignore[union-attr]
+                    driver.autocommit = True
                 else:
                     # Pages through mmap rather than a read() per page; and this connection only reads.
                     driver.execute("PRAGMA mmap_size=268435456")

@@ -110,19 +110,18 @@ def _worker_start(settings: Settings, ocsp_settings: OCSPSettings) -> None:
 
         ensure_conf(settings.home, settings.softhsm_conf)
     ctx = CAContext(settings)
-    _WORKER.update(
-        settings=ocsp_settings,
-        pool=ResponderPool(ctx.engine, ctx.token, refresh_seconds=0),
-        store=SignedStatusStore(ctx.engine),
-    )
+    _WORKER.update(settings=ocsp_settings, pool=ResponderPool(ctx.engine, ctx.token, refresh_seconds=0))
 
 
-def _worker_sign(entry: IssuerEntry, due: list[DueCertificate], this_update: datetime) -> tuple[int, int]:
+def _worker_sign(
+    entry: IssuerEntry, due: list[DueCertificate], this_update: datetime
+) -> tuple[list[SignedAnswer], int]:
+    """Sign one page; the parent stores it (one writer: SQLite's busy handler sleeps up to 100 ms
+    when two writers meet, which would cost more than the parallel signing gains)."""
     signer = _WORKER["pool"].signer(entry.authority_id, this_update)
     if signer is None:
         raise RuntimeError(f"no current responder certificate for {entry.name}")
-    answers, skipped = sign_batch(signer, entry, due, _WORKER["settings"], this_update)
-    return _WORKER["store"].save(answers, this_update), skipped
+    return sign_batch(signer, entry, due, _WORKER["settings"], this_update)
 
 
 def presign(
@@ -180,14 +179,17 @@ def _presign(
         refresh_before = started_at + settings.refresh_margin
         due_total = signed = skipped = 0
         after_id = 0
-        pending: deque[Any] = deque()
+        pending: deque[tuple[Any, datetime]] = deque()
 
-        def collect(result: tuple[int, int], name: str = entry.name) -> None:
+        def collect(
+            result: tuple[list[SignedAnswer], int], this_update: datetime, name: str = entry.name
+        ) -> None:
             nonlocal signed, skipped
-            signed += result[0]
+            stored = store.save(result[0], this_update)
+            signed += stored
             skipped += result[1]
             if progress is not None:
-                progress(name, result[0])
+                progress(name, stored)
 
         while True:
             due = store.due(
@@ -204,14 +206,15 @@ def _presign(
             due_total += len(due)
             this_update = now()
             if workers is None:
-                answers, page_skipped = sign_batch(signer, entry, due, settings, this_update)
-                collect((store.save(answers, this_update), page_skipped))
+                collect(sign_batch(signer, entry, due, settings, this_update), this_update)
                 continue
-            pending.append(workers.apply_async(_worker_sign, (entry, due, this_update)))
+            pending.append((workers.apply_async(_worker_sign, (entry, due, this_update)), this_update))
             while len(pending) >= 2 * processes:  # bounded: pages are read as they are signed
-                collect(pending.popleft().get())
+                result, when = pending.popleft()
+                collect(result.get(), when)
         while pending:
-            collect(pending.popleft().get())
+            result, when = pending.popleft()
+            collect(result.get(), when)
         seconds = time.perf_counter() - started
         runs.record(
             PresignerRunRecord(

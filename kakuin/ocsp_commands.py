@@ -17,11 +17,10 @@ from ca.service import CAContext
 from ca.timeutil import utcnow
 from kakuin import services
 from kakuin.common import State, actor, fail, pass_state, reports_errors
+from ocsp.settings import OCSPSettings, load_ocsp_settings
 
 
-def _settings(ctx: CAContext):  # type: ignore[no-untyped-def]
-    from ocsp.settings import load_ocsp_settings
-
+def _settings(ctx: CAContext) -> OCSPSettings:
     return load_ocsp_settings(ctx.settings)
 
 

@@ -145,7 +145,10 @@ def error_message(exc: KakuinError) -> str:
     key = i18n.DETAILS.get(exc.detail)
     if key is None and "rejection is final" in exc.detail:
         key = "error.rejected_final"
-    return t(key or f"error.{exc.kind}")
+    key = key or f"error.{exc.kind}"
+    if key not in i18n.MESSAGES:  # a kind without its own sentence: the generic one by status
+        key = "error.bad-request" if exc.http_status < 500 else "error.unavailable"
+    return t(key)
 
 
 @bp.before_request

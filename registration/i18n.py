@@ -122,6 +122,9 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "error.forbidden": ("この操作は許可されていません。", "You may not do this."),
     "error.conflict": ("現在の状態ではこの操作はできません。", "Not possible in the current state."),
     "error.bad-request": ("入力内容に誤りがあります。", "The input is not valid."),
+    "error.bad-applicant-data": ("申請者情報に誤りがあります。", "The applicant data is not valid."),
+    "error.bad-csr": ("CSRファイルを読み取れません。", "The CSR file cannot be read."),
+    "error.already-revoked": ("この証明書は既に失効しています。", "This certificate is already revoked."),
     "error.policy-refused": ("発行方針により受け付けられません。", "Refused by the issuing policy."),
     "error.self_review": (
         "自分が受け付けた申請は審査できません。",

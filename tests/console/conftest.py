@@ -1,16 +1,23 @@
 """The console in headless Debian Chromium, driven by Playwright, against the RA under real
-gunicorn over mTLS (the registration tests' ``ra`` and ``people`` fixtures), on SQLite only: the
-rules are the service's and are tested on both backends by tests/registration."""
+gunicorn over mTLS (started as tests/registration starts it), on SQLite only: the rules are the
+service's and are tested on both backends by tests/registration."""
 
 from __future__ import annotations
 
+import subprocess
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.registration.conftest import Client, People, people, ra  # noqa: F401  (fixtures reused)
+from ca.service import CAContext
+from registration.credentials import ensure_server_credentials
+from registration.residents import load_resident_hasher
+from registration.store import RegistrationStore
+from tests.conftest import make_ctx, new_token
+from tests.registration.conftest import RA, Client, Office, People, start_server, wait_ready
 
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
@@ -25,9 +32,59 @@ LAUNCH_ARGS = [
 
 
 @pytest.fixture(scope="session")
-def backend() -> str:
-    """SQLite only for the browser tests (overrides the two-backend parameter)."""
-    return "sqlite"
+def console_ctx(softhsm: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[CAContext]:
+    """A CA of its own on SQLite (fixtures with their own names: the registration tests'
+    session-scoped ``ra`` is parametrized by backend and must not be shared or overridden)."""
+    home = tmp_path_factory.mktemp("home-console")
+    ctx = make_ctx(home, f"sqlite:///{home / 'kakuin.db'}", new_token(softhsm, "kakuin-console"))
+    yield ctx
+    ctx.token.close()
+    ctx.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def ra(console_ctx: CAContext, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RA]:
+    """The RA under gunicorn (2 workers) over mTLS, as tests/registration starts it."""
+    tmp = tmp_path_factory.mktemp("console-ra")
+    files = ensure_server_credentials(console_ctx, "test")
+    hasher = load_resident_hasher(console_ctx.settings.home, create=True)
+    log = tmp / "gunicorn.log"
+    process, base = start_server(console_ctx, files, log)
+    ra = RA(
+        console_ctx, RegistrationStore(console_ctx.engine), hasher, base, files, tmp, uuid.uuid4().hex[:6]
+    )
+    try:
+        wait_ready(ra.account("probe-admin", "admin"), process, log)
+        yield ra
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        errors = [line for line in log.read_text(errors="replace").splitlines() if "Traceback" in line]
+        assert not errors, log.read_text()[-4000:]
+
+
+@pytest.fixture(scope="session")
+def people(ra: RA) -> People:
+    offices = []
+    for name in ("a", "b"):
+        code = ra.office(name)
+        offices.append(
+            Office(
+                code,
+                ra.account(f"clerk-{name}", "clerk", code),
+                ra.account(f"reviewer-{name}", "reviewer", code),
+            )
+        )
+    return People(
+        offices[0],
+        offices[1],
+        ra.account("operator", "operator"),
+        ra.account("operator2", "operator"),
+        ra.account("admin", "admin"),
+    )
 
 
 @pytest.fixture(scope="session")

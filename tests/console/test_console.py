@@ -293,6 +293,7 @@ def test_resident_application_field_errors_and_personal_data(
     clerk.click("#submit")
     # the service's field "applicant.birth_date" is shown next to that input, the rest kept
     assert clerk.locator("#f-birth_date-error").is_visible()
+    assert clerk.inner_text("#f-birth_date-error").startswith("申請者情報に誤りがあります")
     assert clerk.get_attribute("#f-birth_date", "aria-invalid") == "true"
     assert clerk.input_value("#f-name") == applicant["name"]
     shot(clerk, "new-application-field-error")

@@ -17,13 +17,17 @@ in the temp directory):
   live with an EC P-256 responder certificate issued by the same CA (key in a file: it is a
   benchmark peer only), ``-multi`` = ``--workers`` processes, ``-timeout`` so an idle connection
   cannot hang it; it closes each connection after one answer, as it does in production;
-- **nginx** serving the same pre-signed bytes is measured when nginx is installed (not on this
-  machine by default: reported as "not installed");
+- **ceiling**: granian running a bare WSGI callable that returns one fixed pre-signed answer (no
+  parsing, no lookup): what the server costs by itself. nginx serving the same bytes would be the
+  Python-free ceiling; it is not installed here and reported as such;
 - every target is checked first: one answer parsed with cryptography must say "good" for the
   certificate asked; wrk's non-2xx count and socket errors are reported beside the rate.
 
 wrk runs ``--seconds`` per target at ``--connections`` connections with two threads, on the same
-two cores as the servers (loopback only). p50/p99 come from wrk's latency distribution.
+two cores as the servers (loopback only). p50/p99 come from wrk's latency distribution. The
+server's CPU per request (user + system time of its process tree over the run, divided by the
+requests wrk counted) is reported beside the rate: unlike req/s it hardly depends on what else
+the machine is doing, and this machine is shared.
 """
 
 from __future__ import annotations
@@ -513,6 +517,7 @@ def serve_and_load(
     }
     with process_group(granian_argv("127.0.0.1", port, args.workers), env, work / "granian.log") as server:
         wait_good(port, "/ocsp", requests[0], certificates[0].serial_number)
+        post_answer = post(port, "/ocsp", requests[0])
         for method, script, extra in (
             ("POST", post_lua, {"BENCH_BODIES": str(bodies), "BENCH_PATH": f"/ocsp/{AUTHORITY}"}),
             ("GET", get_lua, {"BENCH_PATHS": str(paths)}),
@@ -535,10 +540,41 @@ def serve_and_load(
     runs.append(Run("openssl ocsp -port (signs live, EC P-256)", "POST", load))
     print(f"openssl POST: {load.requests_per_second:,.0f} req/s", flush=True)
 
-    nginx = shutil.which("nginx")
-    if nginx is None:
+    # The ceiling of the server itself: granian running a bare WSGI callable that returns one
+    # pre-signed answer, no parsing, no lookup (what nginx would show for Python-free serving).
+    (work / "bench_ceiling.py").write_text(CEILING_APP)
+    (work / "answer.der").write_bytes(post_answer)
+    port = free_port()
+    argv = [*granian_argv("127.0.0.1", port, args.workers)]
+    argv[argv.index("--factory")] = "--no-factory"
+    argv[argv.index("ocsp.wsgi:app_from_env")] = "bench_ceiling:app"
+    env = {**os.environ, "PYTHONPATH": str(work), "BENCH_ANSWER": str(work / "answer.der")}
+    with process_group(argv, env, work / "ceiling.log") as server:
+        wait_good(port, "/ocsp", requests[0], certificates[0].serial_number)
+        load = wrk(
+            f"http://127.0.0.1:{port}", post_lua, {"BENCH_BODIES": str(bodies), "BENCH_PATH": "/ocsp"},
+            args.seconds, args.connections, server.pid,
+        )  # fmt: skip
+        runs.append(Run("ceiling: granian, bare WSGI, one fixed answer", "POST", load))
+        print(f"ceiling POST: {load.requests_per_second:,.0f} req/s", flush=True)
+
+    if shutil.which("nginx") is None:
         runs.append(Run("nginx, same pre-signed bytes", "GET", Load(0, NAN, NAN, NAN, "not installed")))
     return runs
+
+
+CEILING_APP = """
+import os
+
+ANSWER = open(os.environ["BENCH_ANSWER"], "rb").read()
+HEADERS = [("Content-Type", "application/ocsp-response"), ("Content-Length", str(len(ANSWER)))]
+
+
+def app(environ, start_response):
+    environ["wsgi.input"].read()
+    start_response("200 OK", HEADERS)
+    return [ANSWER]
+"""
 
 
 if __name__ == "__main__":

@@ -54,8 +54,12 @@ class Metrics:
         self._buffer: mmap.mmap | bytearray = bytearray(_SIZE)
         self._counts = memoryview(self._buffer).cast("Q")
         self._open()
+        # A worker forked after this was built gets a file of its own (checked at fork time, not
+        # per request: getpid() is a system call).
+        os.register_at_fork(after_in_child=self._open)
 
     def _open(self) -> None:
+        self._lock = threading.Lock()  # a fresh one after a fork: the parent's may have been held
         self._pid = os.getpid()
         if self.directory is None:
             self._buffer = bytearray(_SIZE)
@@ -92,8 +96,6 @@ class Metrics:
         via: str | None = None,
     ) -> None:
         with self._lock:
-            if self._pid != os.getpid():  # a forked worker gets a file of its own
-                self._open()
             self._add(f"outcome:{outcome}")
             for status in cert_statuses:
                 self._add(f"cert:{status}")

@@ -428,11 +428,14 @@ def _http_date(when: datetime) -> str:
     return text
 
 
+_BASE64_REPAIR = str.maketrans({" ": "+", "-": "+", "_": "/"})
+
+
 def _decode_base64(text: str) -> bytes:
     """RFC 5019 §5: the path is the URL-encoding of base64; the server already undid the
     percent-encoding. Tolerate what proxies and clients do to it: '+' turned into a space,
     base64url's alphabet, missing padding, a doubled slash collapsed we cannot undo (error)."""
-    text = text.strip().replace(" ", "+").replace("-", "+").replace("_", "/")
+    text = text.strip().translate(_BASE64_REPAIR)
     text += "=" * (-len(text) % 4)
     try:
         return binascii.a2b_base64(text, strict_mode=True)

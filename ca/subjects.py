@@ -28,7 +28,16 @@ def jpki_sign_common_name(issued_at: datetime, sequence: int, office_code: str) 
 
 
 def jpki_auth_common_name(municipality_code: str) -> str:
-    return "".join(secrets.choice(_OPAQUE_ALPHABET) for _ in range(18)) + municipality_code[:5]
+    """18 opaque characters, uniform over the 36**18 strings, then the municipality code. One draw
+    from the CSPRNG for all of them: 18 ``secrets.choice`` calls cost ~33 ``getrandom`` system calls,
+    a tenth of a bulk issuance's time per certificate."""
+    base = len(_OPAQUE_ALPHABET)
+    number = secrets.randbelow(base**18)
+    chars = []
+    for _ in range(18):
+        number, digit = divmod(number, base)
+        chars.append(_OPAQUE_ALPHABET[digit])
+    return "".join(chars) + municipality_code[:5]
 
 
 def build_subject(

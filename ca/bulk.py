@@ -20,6 +20,7 @@ import multiprocessing
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -158,6 +159,11 @@ class BulkIssuer:
                     yield _unwrap(pending.popleft().result())
             while pending:
                 yield _unwrap(pending.popleft().result())
+        except BrokenProcessPool:
+            raise KakuinError(
+                "a bulk issuance worker process died; certificates of its batch that were being "
+                "signed stay in status 'signing' (kakuin cert list --status signing)"
+            ) from None
         finally:
             for future in pending:
                 future.cancel()

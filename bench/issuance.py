@@ -351,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quiet:
             print(f"  {message}", file=sys.stderr, flush=True)
 
+    load_before = os.getloadavg()[0]
     log("generating CSRs (not timed)")
     inputs = {case.key_type: batch_lines(case, args.count) for case in CASES}
     results: dict[str, Result] = {}
@@ -406,7 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{args.count} certificates per bulk run, batches of {args.batch}, SQLite (WAL, synchronous=FULL) "
         f"unless stated; raw = Token.sign in a loop for {args.seconds:g} s; best of {args.rounds} rounds "
-        f"(raw and bulk runs alternate); peak RSS of the benchmark process {peak_rss_mib():.0f} MiB"
+        f"(raw and bulk runs alternate); peak RSS of the benchmark process {peak_rss_mib():.0f} MiB; "
+        f"load average {load_before:.1f} before the run, {os.getloadavg()[0]:.1f} after"
     )
     print()
     print(table(headers, rows))

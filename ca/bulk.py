@@ -119,7 +119,9 @@ class BulkIssuer:
     """``run(lines)`` yields a ``ChunkOutcome`` per ``batch_size`` lines, in input order.
 
     With ``workers`` > 1 the chunks go to that many forked worker processes, at most two chunks
-    per worker in flight, so a file of any size is read as it is issued, not loaded whole.
+    per worker in flight, so a file of any size is read as it is issued, not loaded whole. If a
+    chunk fails (the token or the database gives up), the error is raised here; chunks already in
+    flight in other workers still finish, and their certificates are in the database.
     """
 
     def __init__(self, ctx: CAContext, *, actor: str, batch_size: int = 200, workers: int = 1) -> None:
@@ -141,7 +143,8 @@ class BulkIssuer:
 
     def _run_pool(self, lines: Iterable[str]) -> Iterator[ChunkOutcome]:
         global _WORKER_CTX
-        # Everything a worker needs is loaded before the fork, once, not once per worker.
+        # The issuer (profiles, URLs) is built once before the fork; each worker then loads the
+        # authorities it meets through its own token session.
         self.ctx.issuer  # noqa: B018 - builds the cached issuer
         _WORKER_CTX = self.ctx
         pending: deque[Future[ChunkOutcome | _Failure]] = deque()

@@ -8,12 +8,13 @@ BIN := $(VENV)/bin
 DEBIAN_PACKAGES := softhsm2 openssl postgresql wrk opensc chromium fonts-noto-cjk
 export KAKUIN_HOME ?= $(CURDIR)/var
 
-.PHONY: help run test lint typecheck unit bench debian-packages venv clean
+.PHONY: help run test lint typecheck unit bench screenshots debian-packages venv clean
 
 help:
 	@echo "make run    install what is missing, initialize on first run, serve Kakuin on 127.0.0.1"
 	@echo "make test   install what is missing, then ruff, mypy, import rules and the whole pytest suite"
-	@echo "make bench  run the benchmarks (prints tables; see docs/performance.md)"
+	@echo "make bench  run the benchmarks (prints tables; see docs/performance.md), about 20 minutes"
+	@echo "make screenshots  re-take the console screenshots in docs/console"
 
 # Debian packages: installed only when missing, so a second run makes no network call.
 debian-packages:
@@ -50,8 +51,14 @@ unit: venv
 
 test: lint typecheck unit
 
+# One command per benchmark; each prints its table with its peer measured in the same run.
+BENCHES ?= issuance crl ocsp ra
 bench: venv
-	$(BIN)/python -m bench.issuance
+	@for b in $(BENCHES); do echo "== python -m bench.$$b"; $(BIN)/python -m bench.$$b || exit 1; done
+
+# The console tests write their screenshots to a scratch directory unless asked for docs/console.
+screenshots: venv
+	KAKUIN_SCREENSHOTS=docs $(BIN)/pytest -q tests/console
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -26,6 +28,17 @@ from ca.names import name_from_pairs
 from ca.service import CAContext
 from ca.timeutil import utcnow
 from tests.conftest import APPLICANTS, ROOT, make_csr, make_ctx, new_token
+
+
+def run_coroutine(coroutine: Coroutine[Any, Any, Any]) -> Any:
+    """Run pyhanko-certvalidator's coroutine to completion in a thread of its own: the thread
+    running the tests may already have an event loop (Playwright's sync API keeps one while its
+    browser is open), and ``asyncio.run`` refuses to nest."""
+    import asyncio
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
 
 LGPKI_POLICY = "1.2.392.200110.10.8.5.1.101.10"
 GPKI_POLICY = "1.2.392.100300.1.1.99"  # a policy OID for the simulated GPKI (test data only)

@@ -7,7 +7,6 @@ recorded on the bridge and the cross certificate leaves the published set.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from tests.lifecycle.conftest import (
     issue_org_user,
     pem,
     run_cli,
+    run_coroutine,
 )
 
 
@@ -234,7 +234,7 @@ def _pyhanko(
             user_initial_policy_set=frozenset({policy}), initial_explicit_policy=True
         ),
     )
-    path = asyncio.run(validator.async_validate_usage({"digital_signature"}))
+    path = run_coroutine(validator.async_validate_usage({"digital_signature"}))
     return [c.subject.human_friendly for c in path]
 
 

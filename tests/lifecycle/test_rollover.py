@@ -4,7 +4,6 @@ generation the relying party trusts."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from ca.rollover import LINK_PROFILE, live_generations, rollover
 from ca.service import CAContext
 from hsm import KeySpec
 from tests.conftest import openssl
-from tests.lifecycle.conftest import issue_org_user, pem, run_cli
+from tests.lifecycle.conftest import issue_org_user, pem, run_cli, run_coroutine
 
 
 def _ski(certificate: x509.Certificate) -> bytes:
@@ -102,7 +101,7 @@ def test_root_and_subordinate_rollover(small: CAContext, rsa_key: rsa.RSAPrivate
         ],
         validation_context=context,
     )
-    path = asyncio.run(validator.async_validate_path())
+    path = run_coroutine(validator.async_validate_path())
     assert len(path) == 4
 
     # `kakuin ca show` lists both generations live; `kakuin ca links` gives the link certificates.

@@ -21,12 +21,18 @@ from ca.profiles import EXTENSIONS, Profile
 
 @dataclass(frozen=True)
 class URLs:
+    """Where relying parties find CRLs, OCSP and CA certificates (crl/paths.py serves these)."""
+
     crl: str
     ocsp: str
     ca_issuers: str
+    deltas: bool = True  # delta CRLs are published ([crl] deltas): certificates may point to them
 
     def crl_url(self, authority: str, partition: str) -> str:
         return f"{self.crl}/{authority}/{partition}.crl"
+
+    def delta_crl_url(self, authority: str, partition: str) -> str:
+        return f"{self.crl}/{authority}/{partition}-delta.crl"
 
     def ocsp_url(self, authority: str) -> str:
         return f"{self.ocsp}/{authority}"
@@ -127,6 +133,16 @@ def _crl_distribution_points(i: ExtensionInput) -> x509.Extension[x509.Extension
     return x509.Extension(x509.CRLDistributionPoints.oid, False, x509.CRLDistributionPoints([point]))
 
 
+def _freshest_crl(i: ExtensionInput) -> x509.Extension[x509.ExtensionType] | None:
+    """The delta CRLs of the certificate's partition, so a relying party can stay current between
+    the daily full CRLs (RFC 5280 §4.2.1.15, §5.2.6)."""
+    if not (i.profile.freshest_crl and i.urls.deltas and "uri" in i.profile.crl_distribution_point):
+        return None
+    url = x509.UniformResourceIdentifier(i.urls.delta_crl_url(i.issuer.name, i.partition))
+    point = x509.DistributionPoint(full_name=[url], relative_name=None, reasons=None, crl_issuer=None)
+    return x509.Extension(x509.FreshestCRL.oid, False, x509.FreshestCRL([point]))
+
+
 def partition_directory_name(issuer: IssuerView, partition: str, applicant: dict[str, object]) -> x509.Name:
     """JPKI: ``…, OU=CRL Distribution Points, OU=<prefecture>, CN=<municipality> CRLDP`` per
     municipality (domain.md); elsewhere the issuer's own DN, as LGPKI certificates carry it."""
@@ -202,6 +218,7 @@ BUILDERS: dict[str, Callable[[ExtensionInput], x509.Extension[x509.ExtensionType
     "certificate_policies": _certificate_policies,
     "issuer_alt_name": _issuer_alt_name,
     "crl_distribution_points": _crl_distribution_points,
+    "freshest_crl": _freshest_crl,
     "authority_info_access": _authority_info_access,
     "ocsp_no_check": _ocsp_no_check,
     "authority_key_identifier": _authority_key_identifier,

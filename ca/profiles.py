@@ -56,6 +56,7 @@ EXTENSIONS = (
     "certificate_policies",
     "issuer_alt_name",
     "crl_distribution_points",
+    "freshest_crl",
     "authority_info_access",
     "ocsp_no_check",
     "authority_key_identifier",
@@ -95,6 +96,10 @@ class Profile:
     policies_critical: bool
     issuer_alt_name: bool
     crl_distribution_point: tuple[str, ...]
+    # freshestCRL (RFC 5280 §4.2.1.15): where the delta CRLs of the certificate's partition are;
+    # on by default wherever the CRL distribution point has a URI, and only when deltas are
+    # published (``[crl] deltas``), so the pointer never leads nowhere.
+    freshest_crl: bool
     ocsp: bool
     ca_issuers: bool
     ocsp_no_check: bool
@@ -137,6 +142,7 @@ _KNOWN = {
     "policies_critical",
     "issuer_alt_name",
     "crl_distribution_point",
+    "freshest_crl",
     "ocsp",
     "ca_issuers",
     "ocsp_no_check",
@@ -232,6 +238,12 @@ def _profile(name: str, entry: Any, defaults: Mapping[str, Any], source: str) ->
     for kind in crl_dp:
         if kind not in ("directory", "uri"):
             raise ConfigError(f"{prefix}.crl_distribution_point", source, f"unknown kind {kind!r}")
+    if entry.get("freshest_crl") is True and "uri" not in crl_dp:
+        raise ConfigError(
+            f"{prefix}.freshest_crl",
+            source,
+            'needs "uri" in crl_distribution_point (deltas are found by URL)',
+        )
     order = tuple(entry.get("extension_order", defaults.get("extension_order", EXTENSIONS)))
     for extension in order:
         if extension not in EXTENSIONS:
@@ -256,6 +268,7 @@ def _profile(name: str, entry: Any, defaults: Mapping[str, Any], source: str) ->
         policies_critical=flag("policies_critical"),
         issuer_alt_name=flag("issuer_alt_name"),
         crl_distribution_point=crl_dp,
+        freshest_crl=flag("freshest_crl", "uri" in crl_dp),
         ocsp=flag("ocsp"),
         ca_issuers=flag("ca_issuers"),
         ocsp_no_check=flag("ocsp_no_check"),

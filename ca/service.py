@@ -49,7 +49,11 @@ class CAContext:
     @cached_property
     def urls(self) -> URLs:
         s = self.settings
-        return URLs(crl=s.crl_base_url, ocsp=s.ocsp_base_url, ca_issuers=s.ca_issuers_base_url)
+        # Whether delta CRLs are published is the CRL service's setting (crl/config.py checks
+        # it); certificates only point to deltas that will exist.
+        crl_table = s.raw.get("crl", {})
+        deltas = crl_table.get("deltas", True) is not False if isinstance(crl_table, dict) else True
+        return URLs(crl=s.crl_base_url, ocsp=s.ocsp_base_url, ca_issuers=s.ca_issuers_base_url, deltas=deltas)
 
     @cached_property
     def engine(self) -> Engine:

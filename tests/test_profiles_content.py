@@ -433,6 +433,28 @@ def test_crl_distribution_point_names_the_partition(
         assert name_pairs(names[0].chosen) == name_pairs(item.issuer.subject)
 
 
+@pytest.mark.parametrize("profile", PROFILES)
+def test_freshest_crl_points_to_the_partitions_delta(
+    ca_ctx: CAContext, issued: dict[str, Issued], profile: str
+) -> None:
+    """Every certificate with a CRL URI also says where its partition's delta CRLs are, except
+    JPKI's, which keep the extension set of real JPKI certificates (their verifiers find deltas
+    through the full CRL)."""
+    item = issued[profile]
+    expected = EXPECTED[profile]
+    ext = extension(item.cert, "freshest_crl")
+    if not expected.crl_uri or profile.startswith("jpki"):
+        assert ext is None
+        assert "Freshest CRL" not in item.text
+        return
+    assert ext["critical"].native is False
+    points = ext["extn_value"].parsed
+    assert len(points) == 1
+    [uri] = [n.native for n in points[0]["distribution_point"].chosen]
+    assert uri == f"{ca_ctx.settings.crl_base_url}/{expected.authority}/{item.partition}-delta.crl"
+    assert "X509v3 Freshest CRL: \n" in item.text and f"URI:{uri}" in item.text
+
+
 def test_jpki_sign_crl_directory_name(issued: dict[str, Issued]) -> None:
     item = issued["jpki-sign"]
     points = extension(item.cert, "crl_distribution_points")["extn_value"].parsed

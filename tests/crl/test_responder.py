@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from cryptography import x509
@@ -32,7 +33,7 @@ from crl.config import load_crl_settings
 from crl.publisher import Publisher
 from crl.storer import CRLStore
 from crl.tls import ensure_tls_files
-from tests.conftest import _free_port, make_csr, wait_for
+from tests.conftest import APPLICANTS, _free_port, make_csr, wait_for
 from tests.crl.conftest import add_rows, municipality, unique_partition
 
 
@@ -194,6 +195,44 @@ def test_delta_complete_and_ca_certificate_paths(ca_ctx: CAContext, responder: R
     status, headers, body = responder.request("/ca/lgpki-app.cer")
     assert status == 200 and headers["content-type"] == "application/pkix-cert"
     assert body == ca_ctx.authorities.get("lgpki-app").certificate.public_bytes(Encoding.DER)
+
+
+def test_a_certificates_crl_urls_lead_to_its_partitions_full_and_delta(
+    ca_ctx: CAContext, responder: Responder
+) -> None:
+    """The URLs a relying party reads from a certificate (CRL distribution point, freshestCRL)
+    are the paths the responder serves, and the full CRL points to the same delta."""
+    issued = ca_ctx.issuer.issue(
+        IssuanceRequest(
+            profile="lgpki-server",
+            csr=make_csr(ec.generate_private_key(ec.SECP256R1())),
+            applicant=APPLICANTS["lgpki-server"],
+            actor="test",
+        )
+    )
+    dp = issued.certificate.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+    fresh = issued.certificate.extensions.get_extension_for_class(x509.FreshestCRL).value
+    [full_url] = [n.value for n in dp[0].full_name or [] if isinstance(n, x509.UniformResourceIdentifier)]
+    [delta_url] = [n.value for n in fresh[0].full_name or []]
+    partition = ca_ctx.store.certificate(issued.authority, issued.serial).partition
+    responder.publisher.publish_full(issued.authority, partition)
+    ca_ctx.store.revoke(
+        authority=issued.authority, serial=issued.serial, reason="keyCompromise", actor="test"
+    )
+    responder.publisher.publish_delta(issued.authority, partition)
+
+    status, _, body = responder.request(urlsplit(full_url).path)
+    assert status == 200, full_url
+    full = x509.load_der_x509_crl(body)
+    assert full.extensions.get_extension_for_class(x509.FreshestCRL).value == fresh
+    status, _, body = responder.request(urlsplit(delta_url).path)
+    assert status == 200, delta_url
+    delta = x509.load_der_x509_crl(body)
+    assert delta.extensions.get_extension_for_class(x509.DeltaCRLIndicator)
+    revoked = delta.get_revoked_certificate_by_serial_number(issued.certificate.serial_number)
+    assert revoked is not None and revoked.extensions.get_extension_for_class(
+        x509.CRLReason
+    ).value.reason == (x509.ReasonFlags.key_compromise)
 
 
 @pytest.mark.parametrize(

@@ -47,11 +47,19 @@ class PinSource:
         if value:
             return value
         try:
+            mode = self.file.stat().st_mode
             value = self.file.read_text(encoding="utf-8").strip()
         except FileNotFoundError:
             raise ConfigError(
                 "token.pin_file", str(self.file), f"no PIN: set {self.env} or create this file"
             ) from None
+        if mode & 0o077:
+            # As ssh and PostgreSQL do for private keys: a PIN others can read is already leaked.
+            raise ConfigError(
+                "token.pin_file",
+                str(self.file),
+                f"the PIN file is open to other users (mode {mode & 0o777:04o}); chmod 600 it",
+            )
         if not value:
             raise ConfigError("token.pin_file", str(self.file), "the PIN file is empty")
         return value

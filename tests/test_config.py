@@ -189,6 +189,7 @@ def test_bad_environment_value_names_the_variable(
 
 def test_pin_from_environment_first(tmp_path: Path) -> None:
     pin_file = write(tmp_path / "token.pin", "from-file\n")
+    pin_file.chmod(0o600)
     source = PinSource(env="KAKUIN_TOKEN_PIN", file=pin_file)
     assert source.read({"KAKUIN_TOKEN_PIN": "from-env"}) == "from-env"
     assert source.read({}) == "from-file"
@@ -200,9 +201,22 @@ def test_pin_env_name_and_file_from_settings(tmp_path: Path) -> None:
         tmp_path / "k.toml", f'[token]\npin_env = "HSM_PIN"\npin_file = "{tmp_path / "pin.txt"}"\n'
     )
     settings = load_settings(config, environ={"KAKUIN_HOME": str(tmp_path)})
-    write(tmp_path / "pin.txt", "  s3cret-from-file  \n")
+    write(tmp_path / "pin.txt", "  s3cret-from-file  \n").chmod(0o600)
     assert settings.pin.read({"KAKUIN_TOKEN_PIN": "ignored"}) == "s3cret-from-file"
     assert settings.pin.read({"HSM_PIN": "s3cret-from-env"}) == "s3cret-from-env"
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
+def test_pin_file_open_to_others_is_refused(tmp_path: Path, mode: int) -> None:
+    pin_file = write(tmp_path / "token.pin", "1234\n")
+    pin_file.chmod(mode)
+    with pytest.raises(ConfigError) as caught:
+        PinSource(env="KAKUIN_TOKEN_PIN", file=pin_file).read({})
+    assert caught.value.key == "token.pin_file" and caught.value.source == str(pin_file)
+    assert f"mode {mode:04o}" in caught.value.problem and "chmod 600" in caught.value.problem
+    assert "1234" not in str(caught.value)
+    # The environment still wins (the file is not read at all then).
+    assert PinSource(env="KAKUIN_TOKEN_PIN", file=pin_file).read({"KAKUIN_TOKEN_PIN": "5678"}) == "5678"
 
 
 def test_missing_pin_names_the_setting_and_file(tmp_path: Path) -> None:
@@ -215,7 +229,9 @@ def test_missing_pin_names_the_setting_and_file(tmp_path: Path) -> None:
 
 
 def test_empty_pin_file(tmp_path: Path) -> None:
-    source = PinSource(env="KAKUIN_TOKEN_PIN", file=write(tmp_path / "token.pin", "\n"))
+    pin_file = write(tmp_path / "token.pin", "\n")
+    pin_file.chmod(0o600)
+    source = PinSource(env="KAKUIN_TOKEN_PIN", file=pin_file)
     with pytest.raises(ConfigError) as caught:
         source.read({})
     assert caught.value.key == "token.pin_file"

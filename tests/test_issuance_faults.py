@@ -95,6 +95,7 @@ def test_token_fails_midway_through_a_batch(
 ) -> None:
     pin_file = tmp_path / "token.pin"
     pin_file.write_text(os.environ["KAKUIN_TOKEN_PIN"] + "\n")
+    pin_file.chmod(0o600)
     token = BreaksAfter(ca_ctx.settings.pkcs11_module, ca_ctx.settings.token_label, pin_file, good=3)
     try:
         issuer = Issuer(

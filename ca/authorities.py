@@ -37,7 +37,7 @@ class LoadedAuthority:
 
     @property
     def view(self) -> IssuerView:
-        return IssuerView(self.record.name, self.config, self.certificate)
+        return IssuerView(self.record.name, self.config, self.certificate, self.generation.generation)
 
 
 def random_serial() -> int:
@@ -178,7 +178,9 @@ def ca_certificate_builder(
         point = x509.DistributionPoint(
             full_name=[
                 x509.DirectoryName(issuer.certificate.subject),
-                x509.UniformResourceIdentifier(urls.crl_url(issuer.name, "arl")),
+                x509.UniformResourceIdentifier(
+                    urls.crl_url(issuer.name, "arl", issuer.generation.generation)
+                ),
             ],
             relative_name=None,
             reasons=None,

@@ -163,7 +163,7 @@ def cross_certificate_builder(
     point = x509.DistributionPoint(
         full_name=[
             x509.DirectoryName(issuer.certificate.subject),
-            x509.UniformResourceIdentifier(urls.crl_url(issuer.name, "arl")),
+            x509.UniformResourceIdentifier(urls.crl_url(issuer.name, "arl", issuer.generation.generation)),
         ],
         relative_name=None,
         reasons=None,

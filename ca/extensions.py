@@ -28,17 +28,25 @@ class URLs:
     ca_issuers: str
     deltas: bool = True  # delta CRLs are published ([crl] deltas): certificates may point to them
 
-    def crl_url(self, authority: str, partition: str) -> str:
-        return f"{self.crl}/{authority}/{partition}.crl"
+    def crl_url(self, authority: str, partition: str, generation: int = 1) -> str:
+        return f"{self.crl}/{crl_prefix(authority, generation)}/{partition}.crl"
 
-    def delta_crl_url(self, authority: str, partition: str) -> str:
-        return f"{self.crl}/{authority}/{partition}-delta.crl"
+    def delta_crl_url(self, authority: str, partition: str, generation: int = 1) -> str:
+        return f"{self.crl}/{crl_prefix(authority, generation)}/{partition}-delta.crl"
 
     def ocsp_url(self, authority: str) -> str:
         return f"{self.ocsp}/{authority}"
 
     def issuer_url(self, authority: str) -> str:
         return f"{self.ca_issuers}/{authority}.cer"
+
+
+def crl_prefix(authority: str, generation: int) -> str:
+    """Where the CRLs of one key generation of an authority live, below the CRL base URL: the
+    first generation's at ``<authority>/`` (the URLs every certificate issued before any rollover
+    carries), each later one's at ``<authority>/g<N>/`` (AD CS's one CRL per CA key), each signed
+    by that generation's key. crl/paths.py serves the same scheme."""
+    return authority if generation <= 1 else f"{authority}/g{generation}"
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,7 @@ class IssuerView:
     name: str
     config: AuthorityConfig
     certificate: x509.Certificate
+    generation: int = 1  # the key generation that signs: its CRLs are the ones certificates name
 
 
 @dataclass(frozen=True)
@@ -128,7 +137,9 @@ def _crl_distribution_points(i: ExtensionInput) -> x509.Extension[x509.Extension
     if "directory" in kinds:
         names.append(x509.DirectoryName(partition_directory_name(i.issuer, i.partition, i.applicant)))
     if "uri" in kinds:
-        names.append(x509.UniformResourceIdentifier(i.urls.crl_url(i.issuer.name, i.partition)))
+        names.append(
+            x509.UniformResourceIdentifier(i.urls.crl_url(i.issuer.name, i.partition, i.issuer.generation))
+        )
     point = x509.DistributionPoint(full_name=names, relative_name=None, reasons=None, crl_issuer=None)
     return x509.Extension(x509.CRLDistributionPoints.oid, False, x509.CRLDistributionPoints([point]))
 
@@ -138,7 +149,9 @@ def _freshest_crl(i: ExtensionInput) -> x509.Extension[x509.ExtensionType] | Non
     the daily full CRLs (RFC 5280 §4.2.1.15, §5.2.6)."""
     if not (i.profile.freshest_crl and i.urls.deltas and "uri" in i.profile.crl_distribution_point):
         return None
-    url = x509.UniformResourceIdentifier(i.urls.delta_crl_url(i.issuer.name, i.partition))
+    url = x509.UniformResourceIdentifier(
+        i.urls.delta_crl_url(i.issuer.name, i.partition, i.issuer.generation)
+    )
     point = x509.DistributionPoint(full_name=[url], relative_name=None, reasons=None, crl_issuer=None)
     return x509.Extension(x509.FreshestCRL.oid, False, x509.FreshestCRL([point]))
 

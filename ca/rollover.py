@@ -103,7 +103,7 @@ def link_builder(
     point = x509.DistributionPoint(
         full_name=[
             x509.DirectoryName(signer.certificate.subject),
-            x509.UniformResourceIdentifier(urls.crl_url(signer.name, "arl")),
+            x509.UniformResourceIdentifier(urls.crl_url(signer.name, "arl", signer.generation.generation)),
         ],
         relative_name=None,
         reasons=None,
@@ -269,12 +269,19 @@ def _link(
     )
 
 
-def live_generations(registry: AuthorityRegistry, name: str) -> list[LoadedAuthority]:
-    """Every active generation of ``name`` as a signer, oldest first: what CRL and OCSP code use
-    to answer for certificates of each generation with the key that issued them."""
+def live_records(generations: list[KeyGenerationRecord], now: datetime) -> list[KeyGenerationRecord]:
+    """The live key generations among an authority's, oldest first: active, and whose CA
+    certificate has not expired (as AD CS publishes a CRL per unexpired CA key; no certificate
+    outlives its issuer's, ``Issuer.prepare``). The newest active one is always live: it signs."""
+    active = [g for g in generations if g.active]
+    return [g for g in active if g is active[-1] or g.not_after > now]
+
+
+def live_generations(
+    registry: AuthorityRegistry, name: str, now: datetime | None = None
+) -> list[LoadedAuthority]:
+    """Every live generation of ``name`` (``live_records``) as a signer, oldest first: what CRL
+    and OCSP code use to answer for certificates of each generation with the key that issued them."""
     current = registry.get(name)
-    return [
-        current if g.id == current.generation.id else _loaded(current, g, registry)
-        for g in registry.store.key_generations(current.record.id)
-        if g.active
-    ]
+    live = live_records(registry.store.key_generations(current.record.id), now or utcnow())
+    return [current if g.id == current.generation.id else _loaded(current, g, registry) for g in live]

@@ -11,6 +11,14 @@ Scopes of an authority:
 - the complete CRL over all partitions (no issuingDistributionPoint), unless ``crl.complete`` is
   off.
 
+Those of every live key generation (``ca.rollover.live_generations``: active, CA certificate not
+expired), as AD CS publishes one CRL per unexpired CA key: each generation's CRLs are signed by its
+own key, carry its authorityKeyIdentifier, and list only the certificates it signed (once an
+authority has more than one generation). The first generation's scopes are the partitions
+themselves (the URLs certificates issued before any rollover carry); generation N's are
+``g<N>/<partition>`` (``crl.paths``), at ``/<authority>/g<N>/...``, which the certificates it
+issues name.
+
 Which certificates a full CRL lists (RFC 5280 §3.3, §5): every revoked or held certificate of the
 scope that has not expired before the previous full CRL of the scope; so an expired entry stays on
 exactly one regularly scheduled CRL issued after its expiry, then drops off.
@@ -36,6 +44,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from ca.authorities import LoadedAuthority
 from ca.errors import NotFound
 from ca.revocation import REMOVE_FROM_CRL
+from ca.rollover import live_generations
 from ca.service import CAContext
 from ca.store import AuthorityRecord
 from ca.timeutil import utcnow
@@ -86,21 +95,30 @@ class Publisher:
         return self.ctx.store.authority(name)
 
     def scopes(self, name: str) -> list[str]:
-        """Every CRL scope of the authority, in publishing order."""
+        """Every CRL scope of the authority, in publishing order: those of each live key
+        generation, oldest first (``crl.paths``: ``g<N>/<partition>`` from the second on).
+
+        Every generation has the same partitions (those the authority's certificates name), so a
+        generation's CRL exists wherever a certificate may look for one."""
         record = self._authority(name)
         config = self.ctx.hierarchy.authorities.get(name)
         if config is None:
             raise NotFound(f"authority {name!r} is not in {self.ctx.hierarchy.source}", field="authority")
-        present = set(self.reader.partitions(record.id)) | set(self.store.scope_partitions(record.id))
+        present = set(self.reader.partitions(record.id))
+        present |= {paths.split(scope)[1] for scope in self.store.scope_partitions(record.id)}
         partitions = {p for p in present if p not in (ARL, COMPLETE)}
         if config.partitioning != "municipality":
             partitions |= {str(i) for i in range(max(config.shards, 1))}
         ordered = sorted(partitions, key=lambda p: (len(p), p))
-        scopes = [COMPLETE] if self.settings.complete else []
-        scopes += ordered
+        generation_scopes = [COMPLETE] if self.settings.complete else []
+        generation_scopes += ordered
         if ARL in present or self.reader.certifies_cas(record.id):
-            scopes.append(ARL)
-        return scopes
+            generation_scopes.append(ARL)
+        return [
+            paths.scope(signer.generation.generation, partition)
+            for signer in live_generations(self.ctx.authorities, name, self.clock())
+            for partition in generation_scopes
+        ]
 
     def url(self, authority: str, partition: str, kind: str) -> str:
         return paths.url(self.ctx.settings.crl_base_url, authority, partition, kind)
@@ -111,14 +129,15 @@ class Publisher:
         """The issuingDistributionPoint names: the URI certificates of the partition carry, and
         the directoryName the sample certificate carries when it names the partition (JPKI's
         per-municipality DNs), not just the issuer (then it would match every partition's CRL)."""
-        if partition == COMPLETE:
+        part = paths.split(partition)[1]
+        if part == COMPLETE:
             return ()
         key = (authority.name, partition, sample)
         cached = self._scope_names.get(key)
         if cached is not None:
             return cached
         names: list[x509.GeneralName] = []
-        if partition == ARL:
+        if part == ARL:
             names.append(x509.DirectoryName(authority.certificate.subject))
         elif sample is not None:
             der = self.reader.certificate_der(sample)
@@ -131,27 +150,47 @@ class Publisher:
 
     def _sample(self, record: AuthorityRecord, partition: str, scope_id: int) -> int | None:
         """The scope's sample certificate, fixed the first time one exists (so the IDP of every
-        later full CRL, and of the deltas that name them as base, stays byte for byte the same)."""
-        if partition in (COMPLETE, ARL):
+        later full CRL, and of the deltas that name them as base, stays byte for byte the same).
+        Only its directoryName is used, which is the same in every generation's certificates."""
+        part = paths.split(partition)[1]
+        if part in (COMPLETE, ARL):
             return None
         sample = self.store.scope_sample(scope_id)
         if sample is None:
-            found = self.reader.sample_certificate(record.id, partition)
+            found = self.reader.sample_certificate(record.id, part)
             if found is not None:
                 sample = self.store.set_scope_sample(scope_id, found)
         return sample
 
     def count_entries(self, name: str, partition: str) -> int:
         """How many entries the next full CRL of the scope will have (for progress bars)."""
-        record = self._authority(name)
-        previous = self.store.latest(record.id, partition, "full")
+        authority = self._loaded(name, partition)
+        previous = self.store.latest(authority.record.id, partition, "full")
         cutoff = previous.this_update if previous else self.clock()
-        return self.reader.count_revoked(record.id, partition, cutoff)
+        return self.reader.count_revoked(
+            authority.record.id, paths.split(partition)[1], cutoff, self._generation_filter(authority)
+        )
 
     # -- building ---------------------------------------------------------------------------
 
-    def _loaded(self, name: str) -> LoadedAuthority:
-        return self.ctx.authorities.get(name)
+    def _loaded(self, name: str, scope: str) -> LoadedAuthority:
+        """The authority as the scope's key generation, which signs the scope's CRLs."""
+        generation = paths.split(scope)[0]
+        signers = live_generations(self.ctx.authorities, name, self.clock())
+        for signer in signers:
+            if signer.generation.generation == generation:
+                return signer
+        live = ", ".join(f"g{s.generation.generation}" for s in signers)
+        raise NotFound(
+            f"authority {name} has no live key generation g{generation} (live: {live})", field="partition"
+        )
+
+    def _generation_filter(self, authority: LoadedAuthority) -> int | None:
+        """The key generation whose certificates the scope lists, once the authority has several;
+        None (every certificate, the unfiltered index scan) while it has only one."""
+        if len(self.ctx.store.key_generations(authority.record.id)) <= 1:
+            return None
+        return authority.generation.id
 
     def _request(
         self,
@@ -164,8 +203,9 @@ class Publisher:
         base_number: int | None = None,
     ) -> CRLRequest:
         ski = authority.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        part = paths.split(partition)[1]
         freshest: tuple[x509.GeneralName, ...] = ()
-        if base_number is None and self.settings.deltas and partition != ARL:
+        if base_number is None and self.settings.deltas and part != ARL:
             freshest = (x509.UniformResourceIdentifier(self.url(authority.name, partition, "delta")),)
         return CRLRequest(
             issuer=_subject_der(authority.certificate),
@@ -174,7 +214,7 @@ class Publisher:
             this_update=this_update,
             next_update=next_update,
             scope=self._scope_names_for(authority, partition, sample),
-            only_ca_certs=partition == ARL,
+            only_ca_certs=part == ARL,
             base_number=base_number,
             freshest=freshest,
         )
@@ -183,7 +223,7 @@ class Publisher:
         self, name: str, partition: str, progress: Callable[[int], None] | None = None
     ) -> Outcome:
         paths.check_partition(partition)
-        authority = self._loaded(name)
+        authority = self._loaded(name, partition)
         record = authority.record
         previous = self.store.latest(record.id, partition, "full")
         allocation = self.store.allocate(record.id, partition)
@@ -192,14 +232,19 @@ class Publisher:
         cutoff = previous.this_update if previous else this_update
         sample = self._sample(record, partition, allocation.scope_id)
         request = self._request(authority, partition, allocation.number, this_update, next_update, sample)
-        entries = self.reader.revoked_entries(record.id, partition, cutoff)
+        entries = self.reader.revoked_entries(
+            record.id,
+            paths.split(partition)[1],
+            cutoff,
+            key_generation_id=self._generation_filter(authority),
+        )
         return self._write_and_record(
             authority, partition, "full", allocation, request, entries, progress, sample=sample
         )
 
     def publish_delta(self, name: str, partition: str) -> Outcome:
         paths.check_partition(partition)
-        authority = self._loaded(name)
+        authority = self._loaded(name, partition)
         record = authority.record
         base = self.store.latest(record.id, partition, "full")
         if base is None:
@@ -221,7 +266,13 @@ class Publisher:
             base_number=base.number,
         )
         since = base.this_update - timedelta(seconds=self.settings.overlap)
-        changes = self.reader.changes(record.id, partition, since, cutoff=base.this_update)
+        changes = self.reader.changes(
+            record.id,
+            paths.split(partition)[1],
+            since,
+            cutoff=base.this_update,
+            key_generation_id=self._generation_filter(authority),
+        )
         encoded = []
         for change in changes:
             serial = change.serial.encode("ascii")
@@ -340,9 +391,14 @@ class Publisher:
         }
         oldest = min((t for t in last_any.values() if t is not None), default=now)
         since = max(oldest, now - timedelta(seconds=s.full_validity)) - CHANGE_SLACK
-        changed = self.reader.changed_partitions(record.id, since)
+        numbers = {g.id: g.generation for g in self.ctx.store.key_generations(record.id)}
+        changed = {
+            paths.scope(numbers[generation_id], part): at
+            for (generation_id, part), at in self.reader.changed_partitions(record.id, since).items()
+        }
         outcomes: list[Outcome] = []
         for partition in scopes:
+            generation, part = paths.split(partition)
             try:
                 full = latest.get((partition, "full"))
                 if full is None or now >= full.this_update + timedelta(seconds=s.full_interval):
@@ -351,11 +407,13 @@ class Publisher:
                     if outcome.record is not None:
                         full = outcome.record
                         last_any[partition] = full.this_update
-                if not s.deltas or partition == ARL or full is None:
+                if not s.deltas or part == ARL or full is None:
                     continue
                 delta = latest.get((partition, "delta"))
                 newest_change = (
-                    max(changed.values(), default=None) if partition == COMPLETE else changed.get(partition)
+                    max((at for c, at in changed.items() if paths.split(c)[0] == generation), default=None)
+                    if part == COMPLETE
+                    else changed.get(partition)
                 )
                 last = last_any[partition]
                 pending = (
@@ -386,7 +444,7 @@ class Publisher:
             scopes = self.scopes(name) if partition is None else [paths.check_partition(partition)]
             for scope in scopes:
                 if delta:
-                    if scope == ARL and partition is None:
+                    if paths.split(scope)[1] == ARL and partition is None:
                         continue
                     outcomes.append(self.publish_delta(name, scope))
                 else:
@@ -415,9 +473,11 @@ def _partition_directory_names(certificate_der: bytes, issuer: x509.Name) -> lis
 
 
 def partition_argument(partition: str | None) -> str | None:
-    """The ``--partition`` option: a partition name, ``arl``, or ``complete`` for the complete CRL."""
+    """The ``--partition`` option: a partition name, ``arl``, or ``complete`` for the complete CRL;
+    ``g<N>/`` before it for key generation N >= 2 (``g2/0``, ``g2/arl``, ``g2/complete``)."""
     if partition is None:
         return None
-    if partition == "complete":
-        return COMPLETE
+    generation, name = paths.split(partition)
+    if name == "complete":
+        return paths.scope(generation, COMPLETE)
     return paths.check_partition(partition)

@@ -75,7 +75,12 @@ class RevocationReader:
         return cast(column, LargeBinary)
 
     def _revoked_query(
-        self, conn: Connection, authority_id: int, partition: str, cutoff: datetime
+        self,
+        conn: Connection,
+        authority_id: int,
+        partition: str,
+        cutoff: datetime,
+        key_generation_id: int | None = None,
     ) -> Select[Any]:
         c = certs_t.c
         conditions = [
@@ -85,6 +90,8 @@ class RevocationReader:
         ]
         if partition != COMPLETE:
             conditions.insert(1, c.partition == partition)
+        if key_generation_id is not None:
+            conditions.append(c.key_generation_id == key_generation_id)  # in the index too (0007)
         return select(
             self._ascii(conn, c.serial),
             self._digits(conn, c.revoked_at),
@@ -95,16 +102,24 @@ class RevocationReader:
     # -- full CRLs --------------------------------------------------------------------------
 
     def revoked_entries(
-        self, authority_id: int, partition: str, cutoff: datetime, batch: int = BATCH
+        self,
+        authority_id: int,
+        partition: str,
+        cutoff: datetime,
+        batch: int = BATCH,
+        key_generation_id: int | None = None,
     ) -> Iterator[tuple[int, bytes]]:
         """Encoded entries of every revoked or held certificate of the scope that expires at or
-        after ``cutoff``, in batches of ``(count, DER)``.
+        after ``cutoff``, in batches of ``(count, DER)``; with ``key_generation_id``, only those
+        that key generation signed.
 
         The rows come from a DBAPI cursor of this connection (a named, server-side one on
         PostgreSQL, so the database hands them over a batch at a time), not through SQLAlchemy's
         result objects, which would cost more than the encoding itself."""
         with self.engine.connect() as conn:
-            sql, params = _driver_sql(conn, self._revoked_query(conn, authority_id, partition, cutoff))
+            sql, params = _driver_sql(
+                conn, self._revoked_query(conn, authority_id, partition, cutoff, key_generation_id)
+            )
             dbapi = conn.connection.dbapi_connection
             assert dbapi is not None
             postgres = conn.dialect.name == "postgresql"
@@ -122,18 +137,26 @@ class RevocationReader:
                 cursor.close()
                 conn.rollback()
 
-    def count_revoked(self, authority_id: int, partition: str, cutoff: datetime) -> int:
+    def count_revoked(
+        self, authority_id: int, partition: str, cutoff: datetime, key_generation_id: int | None = None
+    ) -> int:
         with self.engine.connect() as conn:
-            query = self._revoked_query(conn, authority_id, partition, cutoff)
+            query = self._revoked_query(conn, authority_id, partition, cutoff, key_generation_id)
             return int(conn.execute(select(func.count()).select_from(query.subquery())).scalar_one())
 
     # -- delta CRLs -------------------------------------------------------------------------
 
     def changes(
-        self, authority_id: int, partition: str, since: datetime, cutoff: datetime
+        self,
+        authority_id: int,
+        partition: str,
+        since: datetime,
+        cutoff: datetime,
+        key_generation_id: int | None = None,
     ) -> list[DeltaEntry]:
-        """Certificates of the scope whose revocation state changed since ``since`` (from the
-        ``revocations`` history), with their state now. Deltas are small: plain Core rows."""
+        """Certificates of the scope (of one key generation, if given) whose revocation state
+        changed since ``since`` (from the ``revocations`` history), with their state now. Deltas
+        are small: plain Core rows."""
         c = certs_t.c
         r = revocations_t.c
         changed = (
@@ -145,6 +168,8 @@ class RevocationReader:
         conditions = [c.not_after >= cutoff]
         if partition != COMPLETE:
             conditions.append(c.partition == partition)
+        if key_generation_id is not None:
+            conditions.append(c.key_generation_id == key_generation_id)
         query = (
             select(
                 c.serial,
@@ -171,18 +196,19 @@ class RevocationReader:
                 for m in conn.execute(query).mappings()
             ]
 
-    def changed_partitions(self, authority_id: int, since: datetime) -> dict[str, datetime]:
-        """Partitions with revocation changes recorded since ``since``, and the newest change."""
+    def changed_partitions(self, authority_id: int, since: datetime) -> dict[tuple[int, str], datetime]:
+        """(key generation id, partition) pairs with revocation changes recorded since ``since``,
+        and the newest change of each."""
         c = certs_t.c
         r = revocations_t.c
         query = (
-            select(c.partition, func.max(r.recorded_at))
+            select(c.key_generation_id, c.partition, func.max(r.recorded_at))
             .join_from(revocations_t, certs_t, c.id == r.certificate_id)
             .where(and_(r.authority_id == authority_id, r.recorded_at >= since))
-            .group_by(c.partition)
+            .group_by(c.key_generation_id, c.partition)
         )
         with self.engine.connect() as conn:
-            return {partition: _aware(at) for partition, at in conn.execute(query)}
+            return {(int(g), partition): _aware(at) for g, partition, at in conn.execute(query)}
 
     # -- scopes -----------------------------------------------------------------------------
 

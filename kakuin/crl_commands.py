@@ -56,13 +56,15 @@ def register(main: click.Group) -> None:
     @click.option(
         "--partition",
         help="Only this partition: a shard number, a municipality code, 'arl', or 'complete' "
-        "for the authority's CRL over all partitions (default: every scope).",
+        "for the authority's CRL over all partitions; 'g2/0', 'g2/arl', 'g2/complete' for key "
+        "generation 2 after a rollover (default: every scope of every live generation).",
     )
     @click.option("--delta", is_flag=True, help="Publish delta CRLs against the newest full CRLs.")
     @pass_state
     @reports_errors
     def crl_publish(state: State, authority: str | None, partition: str | None, delta: bool) -> None:
         """Build, sign and publish CRLs now, whatever the schedule says."""
+        from crl.paths import split
         from crl.publisher import partition_argument
 
         ctx = state.ctx
@@ -75,7 +77,7 @@ def register(main: click.Group) -> None:
             scopes = publisher.scopes(name) if scope is None else [scope]
             for part in scopes:
                 if delta:
-                    if part == "arl" and scope is None:
+                    if split(part)[1] == "arl" and scope is None:
                         continue  # ARLs are full CRLs only
                     outcome = publisher.publish_delta(name, part)
                 else:

@@ -1,4 +1,4 @@
-"""Database engines and schema migrations.
+"""Database engines, schema migrations, and the one transaction several stores can share.
 
 SQLite (the default) runs in WAL mode with foreign keys on and ``synchronous=FULL`` so that a
 committed revocation survives a power cut before it is acknowledged; PostgreSQL is used by URL.
@@ -6,13 +6,17 @@ committed revocation survives a power cut before it is acknowledged; PostgreSQL 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -47,3 +51,59 @@ def alembic_config(url: str) -> Config:
 def upgrade(url: str) -> None:
     """Bring the schema to the newest migration of every branch (idempotent)."""
     command.upgrade(alembic_config(url), "heads")
+
+
+# -- one transaction shared by several stores ---------------------------------------------------
+
+
+@dataclass
+class Transaction:
+    """The transaction that every store call of this thread (or asyncio task) on ``engine`` joins
+    while it is open: ``ca.store`` and ``registration.store`` then write in one commit instead of
+    one each. ``commit()`` is a checkpoint: what was done so far is committed and the work goes on
+    in a new transaction on the same connection (issuance commits its reserved row this way before
+    the token signs). ``rollback()`` drops what was done since the last checkpoint.
+
+    Inside it a store method that catches an IntegrityError cannot carry on (PostgreSQL aborts the
+    whole transaction): such callers let the error end the transaction."""
+
+    engine: Engine
+    conn: Connection
+
+    def commit(self) -> None:
+        self.conn.commit()
+
+    def rollback(self) -> None:
+        self.conn.rollback()
+
+
+_ambient: ContextVar[Transaction | None] = ContextVar("kakuin_transaction", default=None)
+
+
+def joined(engine: Engine) -> Connection | None:
+    """The connection of the shared transaction open on ``engine`` in this context, if any."""
+    current = _ambient.get()
+    return current.conn if current is not None and current.engine is engine else None
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Transaction]:
+    """Open the shared transaction (or join the one already open): committed when the block ends,
+    rolled back if it raises. Nothing is acknowledged before this commit returns."""
+    current = _ambient.get()
+    if current is not None and current.engine is engine:
+        yield current
+        return
+    conn = engine.connect()
+    tx = Transaction(engine, conn)
+    token = _ambient.set(tx)
+    try:
+        conn.begin()
+        yield tx
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    finally:
+        _ambient.reset(token)
+        conn.close()

@@ -162,8 +162,15 @@ class Issuer:
     def issue(self, request: IssuanceRequest) -> IssuedCertificate:
         return self.issue_prepared([self.prepare(request)])[0]
 
-    def issue_prepared(self, prepared: Sequence[PreparedIssuance]) -> list[IssuedCertificate]:
-        """Issue a batch; all items must share one authority (bulk callers group them)."""
+    def issue_prepared(
+        self, prepared: Sequence[PreparedIssuance], before_signing: Callable[[], None] | None = None
+    ) -> list[IssuedCertificate]:
+        """Issue a batch; all items must share one authority (bulk callers group them).
+
+        ``before_signing`` runs after the rows are reserved and before the token signs: a caller
+        whose store calls share one transaction (``ca.db.transaction``) commits there, so the
+        reserved rows and its own claim are durable before any signature exists, and the signed
+        rows are completed in the caller's next commit."""
         if not prepared:
             return []
         authority = prepared[0].authority
@@ -184,6 +191,8 @@ class Issuer:
                 continue  # 2^-128 odds per pair; draw again
         else:  # pragma: no cover - five collisions in a row means the RNG is broken
             raise RuntimeError("serial number collisions keep happening: the random source is broken")
+        if before_signing is not None:
+            before_signing()
 
         signed: list[tuple[int, bytes, str]] = []
         issued: list[IssuedCertificate] = []

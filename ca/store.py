@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -17,6 +18,7 @@ from sqlalchemy import Table, and_, bindparam, case, delete, func, insert, selec
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from ca.db import joined
 from ca.errors import AlreadyRevoked, Conflict, NotFound, Unavailable
 from ca.models import AuditEvent, Authority, Certificate, KeyGeneration, Revocation, SignedStatus
 from ca.revocation import HOLD, REMOVE_FROM_CRL, parse_reason
@@ -194,7 +196,10 @@ class StoreReader:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def _connect(self) -> Connection:
+    def _connect(self) -> AbstractContextManager[Connection]:
+        shared = joined(self.engine)  # inside ca.db.transaction: read what it has written so far
+        if shared is not None:
+            return nullcontext(shared)
         try:
             return self.engine.connect()
         except OperationalError as exc:
@@ -311,6 +316,9 @@ class Store(StoreReader):
     acknowledges it, with its audit event inside the same transaction."""
 
     def _begin(self) -> Any:
+        shared = joined(self.engine)  # inside ca.db.transaction: its commit is the one that counts
+        if shared is not None:
+            return nullcontext(shared)
         try:
             return self.engine.begin()
         except OperationalError as exc:

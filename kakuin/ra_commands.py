@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import click
@@ -23,6 +24,7 @@ from registration.credentials import (
     issue_client_certificate,
     write_private,
 )
+from registration.reconcile import Repair, grace_period, reconcile
 from registration.residents import load_resident_hasher
 from registration.server import gunicorn_argv
 from registration.store import ROLES, RegistrationStore
@@ -35,8 +37,11 @@ def _store(state: State) -> RegistrationStore:
 
 
 def _launch_ra(ctx: CAContext) -> services.ServiceProcess:
-    """`kakuin up`: the RA under gunicorn on its loopback port, HTTPS with client certificates."""
+    """`kakuin up`: the RA under gunicorn on its loopback port, HTTPS with client certificates.
+    Claims left by a previous run's dead workers are repaired first (then every minute by the
+    ``ra-reconcile`` job)."""
     load_resident_hasher(ctx.settings.home, create=True)
+    _reconcile(ctx)
     files = ensure_server_credentials(ctx, "kakuin up")
     service = ctx.settings.services["ra"]
     return services.ServiceProcess(
@@ -49,9 +54,26 @@ def _sweep_idempotency_keys(ctx: CAContext) -> None:
     RegistrationStore(ctx.engine).sweep_idempotency_keys()
 
 
+def _reconcile(ctx: CAContext, grace: timedelta | None = None) -> list[Repair]:
+    """Repair claims left by workers that died (registration.reconcile); one line each on stderr."""
+    repairs = reconcile(ctx, grace_period(ctx) if grace is None else grace)
+    for repair in repairs:
+        click.echo(
+            f"kakuin: reconciled {repair.kind} {repair.id}: {repair.outcome} ({repair.detail})", err=True
+        )
+    return repairs
+
+
+def _reconcile_job(ctx: CAContext) -> None:
+    _reconcile(ctx)
+
+
+RECONCILE_INTERVAL = 60.0  # seconds between runs under `kakuin up`
+
 if _launch_ra not in services.LAUNCHERS:
     services.LAUNCHERS.append(_launch_ra)
     services.JOBS.append(services.Job("ra-idempotency-sweep", _sweep_idempotency_keys, lambda _ctx: 3600.0))
+    services.JOBS.append(services.Job("ra-reconcile", _reconcile_job, lambda _ctx: RECONCILE_INTERVAL))
 
 
 def _read_passphrase(passphrase_file: str | None) -> bytes:
@@ -196,6 +218,30 @@ def register(main: click.Group) -> None:
             click.echo(f"wrote {p12_file} (mode 0600)", err=True)
         click.echo(f"issued client certificate {issued.serial} for {record.name}", err=True)
 
+    @main.group("ra")
+    def ra_group() -> None:
+        """Maintenance of the registration authority."""
+
+    @ra_group.command("reconcile")
+    @click.option(
+        "--grace",
+        type=click.FloatRange(min=0),
+        help="Only claims older than this many seconds. Default: registration.reconcile_grace_seconds (300).",
+    )
+    @pass_state
+    @reports_errors
+    def ra_reconcile(state: State, grace: float | None) -> None:
+        """Repair applications left `issuing` and revocation requests left `approving` by a worker
+        that died: issued if the certificate was signed, else back for a new review (docs/ra.md)."""
+        ctx = state.ctx
+        window = grace_period(ctx) if grace is None else timedelta(seconds=grace)
+        repairs = _reconcile(ctx, window)
+        click.echo(
+            f"reconciled {len(repairs)} claim(s) older than {window.total_seconds():g} s"
+            if repairs
+            else f"nothing to reconcile (claims older than {window.total_seconds():g} s)"
+        )
+
     existing = main.commands.get("serve")
     if isinstance(existing, click.Group):
         serve = existing
@@ -223,6 +269,7 @@ def register(main: click.Group) -> None:
         except KakuinError as exc:
             fail(f"{exc} (run `kakuin init` first)")
             return
+        _reconcile(ctx)
         argv = gunicorn_argv(ctx, files, port=port, workers=workers, threads=threads)
         service = ctx.settings.services["ra"]
         click.echo(f"serving ra     https://{service.host}:{port or service.port}/v1", err=True)

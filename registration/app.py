@@ -24,6 +24,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from flask import Flask, Response, g, request
+from sqlalchemy.exc import IntegrityError
 from werkzeug.exceptions import HTTPException
 
 from ca.errors import Forbidden, KakuinError, Unavailable
@@ -382,6 +383,66 @@ def create_app(ctx: CAContext | None = None, config: str | None = None) -> Flask
             response.get_data(as_text=True),
         )
 
+    def atomic_idempotent(view: Callable[..., Response]) -> Callable[..., Response]:
+        """Idempotency-Key on the hot POSTs (submission, reviews), in the request's own
+        transaction: the key, the work and the answer are one commit (a second review commits
+        once more, before the token signs). A concurrent retry with the same key waits for that
+        commit on the key's unique index, then gets the stored answer. A refused request (4xx)
+        is rolled back and its answer stored on its own; a server error rolls everything back,
+        key included, so a retry runs again."""
+
+        @wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Response:
+            refused = _check_key()
+            if refused is not None:
+                return refused
+            who = caller()
+            if who is None or who.account is None:
+                return _run(view, args, kwargs)
+            account_id, key, digest = who.account.id, request.headers["Idempotency-Key"], _digest()
+            try:
+                with store.transaction() as tx:
+                    previous = store.idempotency_key(account_id, key)
+                    if previous is not None:
+                        return replay(previous, digest)
+                    response = _run(view, args, kwargs)
+                    if response.status_code < 400:
+                        store.insert_idempotency_key(account_id, key, digest, stored(response))
+                        return response
+                    tx.rollback()  # a refused request changes nothing
+            except IntegrityError:  # the same key committed concurrently: its answer counts
+                row = store.idempotency_key(account_id, key)
+                if row is None:
+                    raise
+                return replay(row, digest)
+            if response.status_code < 500:
+                winner = store.record_idempotency_key(account_id, key, digest, stored(response))
+                if winner is not None:
+                    return replay(winner, digest)
+            return response
+
+        return wrapper
+
+    def _check_key() -> Response | None:
+        key = request.headers.get("Idempotency-Key")
+        if key is None:
+            return problem_response(
+                400,
+                "idempotency-key-required",
+                "every POST needs an Idempotency-Key header",
+                "Idempotency-Key",
+            )
+        if not _IDEMPOTENCY_KEY.fullmatch(key):
+            return problem_response(
+                400, "bad-request", "1 to 255 printable ASCII characters", "Idempotency-Key"
+            )
+        return None
+
+    def _digest() -> str:
+        return hashlib.sha256(
+            request.method.encode() + b" " + request.path.encode() + b"\n" + request.get_data(cache=True)
+        ).hexdigest()
+
     def idempotent(creates: bool) -> Callable[[Callable[..., Response]], Callable[..., Response]]:
         """Idempotency-Key on POST: the first answer is stored and replayed for the same key and
         body; the same key with another body is refused (422). Keys are per account, kept 24 hours.
@@ -396,29 +457,13 @@ def create_app(ctx: CAContext | None = None, config: str | None = None) -> Flask
         def decorate(view: Callable[..., Response]) -> Callable[..., Response]:
             @wraps(view)
             def wrapper(*args: Any, **kwargs: Any) -> Response:
+                refused = _check_key()
+                if refused is not None:
+                    return refused
                 who = caller()
-                key = request.headers.get("Idempotency-Key")
-                if key is None:
-                    return problem_response(
-                        400,
-                        "idempotency-key-required",
-                        "every POST needs an Idempotency-Key header",
-                        "Idempotency-Key",
-                    )
-                if not _IDEMPOTENCY_KEY.fullmatch(key):
-                    return problem_response(
-                        400, "bad-request", "1 to 255 printable ASCII characters", "Idempotency-Key"
-                    )
                 if who is None or who.account is None:
                     return _run(view, args, kwargs)
-                account_id = who.account.id
-                digest = hashlib.sha256(
-                    request.method.encode()
-                    + b" "
-                    + request.path.encode()
-                    + b"\n"
-                    + request.get_data(cache=True)
-                ).hexdigest()
+                account_id, key, digest = who.account.id, request.headers["Idempotency-Key"], _digest()
                 if not creates:
                     previous = store.idempotency_key(account_id, key)
                     if previous is not None:
@@ -500,7 +545,7 @@ def create_app(ctx: CAContext | None = None, config: str | None = None) -> Flask
     # -- applications --------------------------------------------------------------------------
 
     @app.post("/v1/applications")
-    @idempotent(creates=True)
+    @atomic_idempotent
     def submit() -> Response:
         return show_application(service.submit(caller(), body()), 201)
 
@@ -521,7 +566,7 @@ def create_app(ctx: CAContext | None = None, config: str | None = None) -> Flask
         return show_application(service.application(caller(), app_id))
 
     @app.post("/v1/applications/<int:app_id>/reviews")
-    @idempotent(creates=False)
+    @atomic_idempotent
     def review(app_id: int) -> Response:
         return show_application(service.review(caller(), app_id, body()))
 

@@ -233,19 +233,25 @@ class RegistrationService:
                 app, stage=stage, account=account, decision=decision, reason=reason, new_state=new_state
             )
             return self.store.application(app.id)
-        # Still valid now (the card may have expired since the submission)? Then claim the
-        # application (state ``issuing``: a concurrent second approval loses) and sign once.
+        # Still valid now (the card may have expired since the submission)? Then two commits:
+        # the first claims the application (state ``issuing``: a concurrent second approval
+        # loses) with the reserved certificate row, before the token signs; the second stores
+        # the certificate and marks the application ``issued`` (with the HTTP answer, when the
+        # caller shares the transaction). A worker that dies between them leaves a claim that
+        # ``registration.reconcile`` repairs.
         prepared = self.ctx.issuer.prepare(self._issuance_request(app, account))
-        self.store.record_review(
-            app, stage=2, account=account, decision="approve", reason=reason, new_state="issuing"
-        )
-        try:
-            issued: IssuedCertificate = self.ctx.issuer.issue_prepared([prepared])[0]
-        except Exception as exc:
-            self.store.undo_second_review(app, account, type(exc).__name__)
-            raise
-        self.store.mark_issued(app, issued.authority, issued.serial, account)
-        return self.store.application(app.id)
+        with self.store.transaction() as tx:
+            self.store.record_review(
+                app, stage=2, account=account, decision="approve", reason=reason, new_state="issuing"
+            )
+            try:
+                issued: IssuedCertificate = self.ctx.issuer.issue_prepared([prepared], tx.commit)[0]
+            except Exception as exc:
+                self.store.undo_second_review(app, account, type(exc).__name__)
+                tx.commit()  # the failure is recorded even though the request fails
+                raise
+            self.store.mark_issued(app, issued.authority, issued.serial, account)
+            return self.store.application(app.id)
 
     def _issuance_request(self, app: ApplicationRecord, account: AccountRecord) -> IssuanceRequest:
         return IssuanceRequest(

@@ -19,8 +19,10 @@ from sqlalchemy import Table, and_, delete, insert, select, update
 from sqlalchemy.engine import Connection, Engine, RowMapping
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from ca.db import Transaction, joined, transaction
 from ca.errors import BadRequest, Conflict, NotFound, Unavailable
 from ca.store import Store as CAStore
+from ca.store import authorities_t, certs_t
 from ca.timeutil import utcnow
 from registration.models import (
     Account,
@@ -196,7 +198,22 @@ class RegistrationStore:
         self.engine = engine
 
     @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """One transaction that every call of this store and of ``ca.store`` on the same engine
+        joins until the block ends (``ca.db.transaction``): a request's writes and its
+        Idempotency-Key answer in one commit."""
+        try:
+            with transaction(self.engine) as tx:
+                yield tx
+        except OperationalError as exc:
+            raise Unavailable(f"the database cannot be reached ({exc.orig})") from None
+
+    @contextmanager
     def _connect(self) -> Iterator[Connection]:
+        shared = joined(self.engine)
+        if shared is not None:
+            yield shared
+            return
         try:
             conn = self.engine.connect()
         except OperationalError as exc:
@@ -206,6 +223,10 @@ class RegistrationStore:
 
     @contextmanager
     def _begin(self) -> Iterator[Connection]:
+        shared = joined(self.engine)
+        if shared is not None:
+            yield shared
+            return
         try:
             ctx = self.engine.begin()
             conn = ctx.__enter__()
@@ -494,9 +515,13 @@ class RegistrationStore:
     def mark_issued(
         self, app: ApplicationRecord, authority: str, serial: str, account: AccountRecord
     ) -> None:
+        """issuing -> issued. If the application is no longer ``issuing`` (the reconciler gave it
+        back after a grace period this request outlived), Conflict: in the caller's transaction
+        that also drops the certificate's completion, so the signed certificate is never
+        stored or handed out and its row stays ``failed``."""
         now = utcnow()
         with self._begin() as conn:
-            conn.execute(
+            result = conn.execute(
                 update(applications_t)
                 .where(and_(applications_t.c.id == app.id, applications_t.c.state == "issuing"))
                 .values(
@@ -507,6 +532,12 @@ class RegistrationStore:
                     updated_at=now,
                 )
             )
+            if result.rowcount != 1:
+                raise Conflict(
+                    f"application {app.id} stopped issuing while it was being signed "
+                    "(reconciled after the grace period); approve it again",
+                    field="id",
+                )
 
     def mark_collected(self, app: ApplicationRecord, account: AccountRecord) -> None:
         """The first collection is recorded (the office has handed the certificate over)."""
@@ -652,8 +683,139 @@ class RegistrationStore:
             )
 
     def finish_revocation_request(self, req_id: int, state: str) -> None:
+        """approving -> done | failed (conditional: the reconciler may have finished it)."""
         with self._begin() as conn:
-            conn.execute(update(revreq_t).where(revreq_t.c.id == req_id).values(state=state))
+            conn.execute(
+                update(revreq_t)
+                .where(and_(revreq_t.c.id == req_id, revreq_t.c.state == "approving"))
+                .values(state=state)
+            )
+
+    # -- reconciliation (registration.reconcile) ----------------------------------------------
+
+    def stale_claims(self, before: datetime) -> tuple[list[int], list[RevocationRequestRecord]]:
+        """Applications ``issuing`` since before ``before`` and revocation requests ``approving``
+        since before ``before``: claims a live worker would have finished long ago."""
+        with self._connect() as conn:
+            apps = conn.execute(
+                select(applications_t.c.id)
+                .where(and_(applications_t.c.state == "issuing", applications_t.c.updated_at <= before))
+                .order_by(applications_t.c.id)
+            ).scalars()
+            app_ids = [int(i) for i in apps]
+            reqs = conn.execute(
+                select(revreq_t)
+                .where(and_(revreq_t.c.state == "approving", revreq_t.c.decided_at <= before))
+                .order_by(revreq_t.c.id)
+            ).mappings()
+            return app_ids, [_revreq(m) for m in reqs]
+
+    def settle_issuing(self, app_id: int, before: datetime, actor: str) -> tuple[str, str | None] | None:
+        """Repair one application left ``issuing`` by a worker that died, from what the database
+        says, in one transaction: a signed certificate row of the application (it has its DER)
+        makes it ``issued`` with that certificate; otherwise its rows still ``signing`` become
+        ``failed`` (the DER never left the dead process: nobody holds that certificate) and the
+        application goes back to ``first_approved`` without its second review. Returns
+        (``issued`` | ``returned``, serial) or None if it is no longer a stale claim."""
+        now = utcnow()
+        stale = and_(
+            applications_t.c.id == app_id,
+            applications_t.c.state == "issuing",
+            applications_t.c.updated_at <= before,
+        )
+        with self._begin() as conn:
+            app = conn.execute(_APPLICATION_QUERY.where(stale)).mappings().first()
+            if app is None:
+                return None
+            rows = conn.execute(
+                select(
+                    certs_t.c.id,
+                    certs_t.c.serial,
+                    certs_t.c.status,
+                    certs_t.c.created_at,
+                    certs_t.c.der.is_not(None).label("signed"),
+                    authorities_t.c.name.label("authority"),
+                )
+                .join(authorities_t, certs_t.c.authority_id == authorities_t.c.id)
+                .where(certs_t.c.application_id == app_id)
+                .order_by(certs_t.c.id)
+            ).all()
+            signed = [r for r in rows if r.signed]
+            detail: dict[str, Any] = {"application": app_id, "office": app["office_code"]}
+            if signed:
+                cert = signed[-1]
+                conn.execute(
+                    update(applications_t)
+                    .where(stale)
+                    .values(
+                        state="issued",
+                        certificate_authority=cert.authority,
+                        certificate_serial=cert.serial,
+                        issued_at=cert.created_at,
+                        updated_at=now,
+                    )
+                )
+                CAStore._audit(
+                    conn,
+                    actor,
+                    "application.reconcile",
+                    cert.authority,
+                    cert.serial,
+                    {**detail, "outcome": "issued"},
+                )
+                return "issued", cert.serial
+            for row in rows:
+                if row.status != "signing":
+                    continue
+                conn.execute(
+                    update(certs_t)
+                    .where(and_(certs_t.c.id == row.id, certs_t.c.status == "signing"))
+                    .values(status="failed")
+                )
+                CAStore._audit(
+                    conn,
+                    actor,
+                    "certificate.issue_failed",
+                    row.authority,
+                    row.serial,
+                    {"count": 1, "reason": "the issuing worker died (reconciled)", "application_id": app_id},
+                )
+            conn.execute(
+                update(applications_t)
+                .where(stale)
+                .values(state="first_approved", second_reviewer=None, updated_at=now)
+            )
+            conn.execute(
+                delete(reviews_t).where(and_(reviews_t.c.application_id == app_id, reviews_t.c.stage == 2))
+            )
+            CAStore._audit(conn, actor, "application.reconcile", detail={**detail, "outcome": "returned"})
+            return "returned", None
+
+    def settle_revocation_request(
+        self, req: RevocationRequestRecord, state: str, actor: str, why: str
+    ) -> bool:
+        """approving -> ``done`` | ``failed`` | ``pending`` (a fresh decision), with an audit
+        event; False if it is no longer ``approving``."""
+        values: dict[str, Any] = {"state": state}
+        if state == "pending":
+            values.update(reviewed_by=None, decided_at=None)
+        with self._begin() as conn:
+            result = conn.execute(
+                update(revreq_t)
+                .where(and_(revreq_t.c.id == req.id, revreq_t.c.state == "approving"))
+                .values(**values)
+            )
+            if result.rowcount != 1:
+                return False
+            CAStore._audit(
+                conn,
+                actor,
+                "revocation_request.reconcile",
+                req.authority,
+                req.serial,
+                {"request": req.id, "kind": req.kind, "outcome": state, "why": why},
+            )
+        return True
 
     # -- resident events ----------------------------------------------------------------------
 
@@ -767,6 +929,27 @@ class RegistrationStore:
         if row is None:  # expired and swept between the two statements: treat as new
             return self.claim_idempotency_key(account_id, key, request_hash)
         return None, dict(row)
+
+    def insert_idempotency_key(
+        self, account_id: int, key: str, request_hash: str, answer: StoredAnswer | None = None
+    ) -> int:
+        """Insert the key (a claim without ``answer``); an IntegrityError (the key exists) is the
+        caller's to handle, after its transaction ended."""
+        with self._begin() as conn:
+            values: dict[str, Any] = {
+                "account_id": account_id,
+                "key": key,
+                "request_hash": request_hash,
+                "created_at": utcnow(),
+            }
+            if answer is not None:
+                values.update(
+                    status=answer.status,
+                    content_type=answer.content_type,
+                    location=answer.location,
+                    body=answer.body,
+                )
+            return _pk(conn.execute(insert(idem_t).values(**values)))
 
     def idempotency_key(self, account_id: int, key: str) -> dict[str, Any] | None:
         with self._connect() as conn:

@@ -259,7 +259,7 @@ def keep_status_served(ctx: CAContext, quiet: bool = True) -> list[str]:
     from crl.config import load_crl_settings
     from crl.publisher import Publisher
     from crl.reader import COMPLETE
-    from ocsp.responders import ResponderKeys, issue_responder
+    from ocsp.responders import ensure_authority_responders
     from ocsp.settings import load_ocsp_settings
 
     now = utcnow()
@@ -267,7 +267,6 @@ def keep_status_served(ctx: CAContext, quiet: bool = True) -> list[str]:
     done: list[str] = []
     crl_settings = load_crl_settings(ctx.settings)
     ocsp_settings = load_ocsp_settings(ctx.settings)
-    keys = ResponderKeys(ctx.engine)
     for record in store.authorities():
         if record.state not in ("legacy", "terminated"):
             continue
@@ -277,12 +276,18 @@ def keep_status_served(ctx: CAContext, quiet: bool = True) -> list[str]:
             continue
         if generations[-1].key_label.startswith(legacy.EXTERNAL_PREFIX):
             continue
-        current = keys.current(record.id, now)
-        if current is None or current.remaining_fraction(now) < ocsp_settings.renew_fraction:
-            issued = issue_responder(ctx, record, ocsp_settings.responder_key, "kakuin lifecycle")
-            done.append(
-                f"OCSP responder g{issued.generation} for {record.name} until {issued.not_after:%Y-%m-%d}"
-            )
+        for action in ensure_authority_responders(
+            ctx,
+            record,
+            key_spec=ocsp_settings.responder_key,
+            renew_fraction=ocsp_settings.renew_fraction,
+            actor="kakuin lifecycle",
+            now=now,
+        ):
+            if action.action in ("issued", "renewed"):
+                done.append(
+                    f"OCSP responder g{action.generation} for {action.label} until {action.not_after:%Y-%m-%d}"
+                )
         if record.state == "legacy":
             publisher = Publisher(ctx, crl_settings, actor="kakuin lifecycle")
             latest = publisher.store.latest(record.id, COMPLETE, "full")

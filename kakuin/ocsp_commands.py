@@ -131,7 +131,7 @@ def register(main: click.Group) -> None:
             return
         for action in actions:
             click.echo(
-                f"{action.authority:<14} {action.action:<8} generation {action.generation} "
+                f"{action.label:<14} {action.action:<8} generation {action.generation} "
                 f"until {action.not_after:%Y-%m-%d %H:%M:%S}Z"
             )
 

@@ -7,6 +7,10 @@ per CertID hash in ``presign_hashes`` (SHA-1 at least: RFC 5019 clients send it)
 transaction (``SignedStatusStore.save``), which also drops answers whose certificate was revoked
 while they were being signed; the responder serves a stored answer only if it still agrees with
 the certificate's status, and signs live otherwise.
+
+After a key rollover each certificate is answered under the CA key generation that issued it: its
+CertID carries that generation's issuerKeyHash and the answer is signed by that generation's
+delegated responder. One walk over the authority's certificates serves every live generation.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ class PresignReport:
     authority: str
     due: int
     signed: int
-    skipped: int  # certificates of an older CA key generation (answered live as unknown)
+    skipped: int  # certificates of a CA key generation no longer live (answered live as unknown)
     seconds: float
 
     @property
@@ -45,33 +49,29 @@ class PresignReport:
 
 
 def current_issuers(ctx: CAContext, names: list[str] | None = None) -> IssuerIndex:
-    """The authorities (newest active key generation each) the responder answers for."""
-    pairs = []
-    for record in ctx.store.authorities():
-        if names is not None and record.name not in names:
-            continue
-        generations = [g for g in ctx.store.key_generations(record.id) if g.active]
-        if generations:
-            pairs.append((record, generations[-1]))
-    return IssuerIndex.build(pairs)
+    """The authorities (every live key generation of each) the responder answers for."""
+    return IssuerIndex.load(ctx.store, utcnow(), names)
 
 
 def sign_batch(
-    signer: ResponderSigner,
-    entry: IssuerEntry,
+    signers: dict[int, ResponderSigner],
+    entries: dict[int, IssuerEntry],
     due: list[DueCertificate],
     settings: OCSPSettings,
     this_update: datetime,
 ) -> tuple[list[SignedAnswer], int]:
-    """The answers for one page of due certificates (one token signature each), and how many were
-    skipped (issued under an older CA key, which the current responder cannot speak for)."""
-    next_update = signer.cap(this_update + settings.validity)
+    """The answers for one page of due certificates (one token signature each), each under the
+    CA key generation that issued it (``signers`` and ``entries`` by key generation id), and how
+    many were skipped (issued under a key generation that is not live or has no responder)."""
     answers = []
     skipped = 0
     for certificate in due:
-        if certificate.key_generation_id != entry.key_generation_id:
+        signer = signers.get(certificate.key_generation_id)
+        entry = entries.get(certificate.key_generation_id)
+        if signer is None or entry is None:
             skipped += 1
             continue
+        next_update = signer.cap(this_update + settings.validity)
         status_name, status = cert_status(
             certificate.status, certificate.revoked_at, certificate.revocation_reason
         )
@@ -114,14 +114,26 @@ def _worker_start(settings: Settings, ocsp_settings: OCSPSettings) -> None:
 
 
 def _worker_sign(
-    entry: IssuerEntry, due: list[DueCertificate], this_update: datetime
+    entries: dict[int, IssuerEntry], due: list[DueCertificate], this_update: datetime
 ) -> tuple[list[SignedAnswer], int]:
     """Sign one page; the parent stores it (one writer: SQLite's busy handler sleeps up to 100 ms
     when two writers meet, which would cost more than the parallel signing gains)."""
-    signer = _WORKER["pool"].signer(entry.authority_id, this_update)
-    if signer is None:
-        raise RuntimeError(f"no current responder certificate for {entry.name}")
-    return sign_batch(signer, entry, due, _WORKER["settings"], this_update)
+    return sign_batch(
+        _signers(_WORKER["pool"], entries, this_update), entries, due, _WORKER["settings"], this_update
+    )
+
+
+def _signers(
+    pool: ResponderPool, entries: dict[int, IssuerEntry], now: datetime
+) -> dict[int, ResponderSigner]:
+    """The current responder of each generation that has one (ensure_responders just issued
+    them; only a clock jump leaves one without)."""
+    signers = {}
+    for generation_id, entry in entries.items():
+        signer = pool.signer(entry.authority_id, now, generation_id)
+        if signer is not None:
+            signers[generation_id] = signer
+    return signers
 
 
 def presign(
@@ -169,12 +181,16 @@ def _presign(
     runs = PresignerRuns(ctx.engine)
     pool = ResponderPool(ctx.engine, ctx.token, refresh_seconds=0)
     index = current_issuers(ctx, authorities)
+    by_authority: dict[int, dict[int, IssuerEntry]] = {}
+    for issuer in index.entries:
+        by_authority.setdefault(issuer.authority_id, {})[issuer.key_generation_id] = issuer
     reports = []
-    for entry in index.entries.values():
+    for generations in by_authority.values():
+        entry = next(iter(generations.values()))
         started_at = now()
         started = time.perf_counter()
-        signer = pool.signer(entry.authority_id, started_at)
-        if signer is None:  # ensure_responders just issued one; only a clock jump could get here
+        signers = _signers(pool, generations, started_at)
+        if not signers:  # ensure_responders just issued them; only a clock jump could get here
             continue
         refresh_before = started_at + settings.refresh_margin
         due_total = signed = skipped = 0
@@ -206,9 +222,9 @@ def _presign(
             due_total += len(due)
             this_update = now()
             if workers is None:
-                collect(sign_batch(signer, entry, due, settings, this_update), this_update)
+                collect(sign_batch(signers, generations, due, settings, this_update), this_update)
                 continue
-            pending.append((workers.apply_async(_worker_sign, (entry, due, this_update)), this_update))
+            pending.append((workers.apply_async(_worker_sign, (generations, due, this_update)), this_update))
             while len(pending) >= 2 * processes:  # bounded: pages are read as they are signed
                 result, when = pending.popleft()
                 collect(result.get(), when)

@@ -104,11 +104,11 @@ class LiveSource:
         self, request: OCSPRequest, entry: IssuerEntry, rows: list[StatusRow | None], now: datetime
     ) -> Answer:
         try:
-            signer = self.pool.signer(entry.authority_id, now)
+            signer = self.pool.signer(entry.authority_id, now, entry.key_generation_id)
         except TokenError as exc:
             raise Refused(der.TRY_LATER, f"the token cannot be reached ({type(exc).__name__})") from None
         if signer is None:
-            raise Refused(der.TRY_LATER, f"no current responder certificate for {entry.name}")
+            raise Refused(der.TRY_LATER, f"no current responder certificate for {entry.label}")
         singles = []
         statuses = []
         next_updates = []
@@ -191,8 +191,9 @@ class FilterSource:
                 raise Refused(der.UNAUTHORIZED, "a CertID names an issuer this responder does not serve")
             entries.append(entry)
         entry = entries[0]
-        if any(e.authority_id != entry.authority_id for e in entries):
-            # One delegated responder certificate signs each message; it speaks for one issuer.
+        if any(e.key_generation_id != entry.key_generation_id for e in entries):
+            # One delegated responder certificate signs each message; it speaks for one issuer
+            # key (one key generation of one authority).
             raise Refused(der.UNAUTHORIZED, "CertIDs of several issuers in one request")
         if not entry.restricted:
             return self.inner.answer(request, entry, now)

@@ -94,17 +94,13 @@ class OCSPApp:
 
     def index(self) -> IssuerIndex:
         if self._index is None or time.monotonic() - self._index_loaded > self._index_refresh:
-            pairs = []
             try:
-                for record in self.store.authorities():
-                    generations = [g for g in self.store.key_generations(record.id) if g.active]
-                    if generations:
-                        pairs.append((record, generations[-1]))
+                index = IssuerIndex.load(self.store, utcnow())  # every live key generation
             except Exception as exc:
                 if self._index is None:
                     raise Unavailable(f"cannot load the authorities ({type(exc).__name__})") from None
                 return self._index  # keep answering with the last known issuers
-            self._index = IssuerIndex.build(pairs)
+            self._index = index
             self._index_loaded = time.monotonic()
         return self._index
 
@@ -190,9 +186,9 @@ class OCSPApp:
         rest = path[len(self.prefix) + 1 :]
         first, slash, remainder = rest.partition("/")
         try:
-            authorities = self.index().entries
+            authorities = self.index().names
         except Unavailable:
-            authorities = {}
+            authorities = []
         payload = remainder if slash and first in authorities else rest
         return payload or None
 
@@ -315,9 +311,13 @@ class OCSPApp:
     def _healthz(self, start_response: StartResponse) -> Iterable[bytes]:
         try:
             self.reader.ping()
-            entries = self.index().entries
+            index = self.index()
             now = utcnow()
-            missing = [e.name for e in entries.values() if self.pool.signer(e.authority_id, now) is None]
+            missing = [
+                e.label
+                for e in index.entries
+                if self.pool.signer(e.authority_id, now, e.key_generation_id) is None
+            ]
         except Exception as exc:
             return self._problem(
                 start_response,
@@ -331,7 +331,7 @@ class OCSPApp:
         # it is reported (live answers for it are tryLater) but does not fail the whole responder.
         report = {
             "status": "degraded" if missing else "ok",
-            "authorities": sorted(entries),
+            "authorities": index.names,
             "without_responder": missing,
         }
         body = json.dumps(report).encode()
@@ -341,7 +341,7 @@ class OCSPApp:
     def _metrics(self, start_response: StartResponse) -> Iterable[bytes]:
         gauges: list[tuple[str, str, dict[str, str], float]] = []
         try:
-            names = {e.authority_id: e.name for e in self.index().entries.values()}
+            names = {e.authority_id: e.name for e in self.index().entries}
             now = utcnow()
             stale = SignedStatusStore(self.engine).stale_counts(now + self.ocsp.refresh_margin)
             for authority_id, name in sorted(names.items(), key=lambda item: item[1]):

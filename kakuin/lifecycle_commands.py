@@ -184,6 +184,46 @@ def ca_rollover(state: State, name: str, out_dir: str | None) -> None:
         f"old-with-new {result.old_with_new.serial_number:x}; new certificates use generation "
         f"{result.new_generation}, generation {result.old_generation} stays live for status"
     )
+    try:
+        for line in serve_new_generation(ctx, name, result.new_generation):
+            click.echo(line)
+    except Exception as exc:  # the rollover is done: say what to run, do not fail it
+        click.echo(
+            f"warning: the CRLs and OCSP responder of {name} g{result.new_generation} are not ready yet "
+            f"({exc}); `kakuin up` makes them, or run `kakuin crl publish --authority {name}` and "
+            f"`kakuin ocsp responder-cert --authority {name}`",
+            err=True,
+        )
+
+
+def serve_new_generation(ctx: CAContext, name: str, generation: int) -> list[str]:
+    """At once after a rollover, the new generation's full CRLs and its delegated OCSP responder
+    certificate, so the URLs and CertIDs of its first certificates already answer (the CRL
+    schedule and the pre-signer of `kakuin up` would within a poll). One line each."""
+    from crl.paths import split
+    from crl.publisher import Publisher
+    from ocsp.responders import ensure_authority_responders
+    from ocsp.settings import load_ocsp_settings
+
+    ctx.authorities.forget()
+    lines = []
+    publisher = Publisher(ctx, actor=actor())
+    for scope in publisher.scopes(name):
+        if split(scope)[0] == generation:
+            outcome = publisher.publish_full(name, scope)
+            if outcome.record is not None:
+                lines.append(f"CRL {publisher.url(name, scope, 'full')} #{outcome.record.number}")
+    settings = load_ocsp_settings(ctx.settings)
+    for action in ensure_authority_responders(
+        ctx,
+        ctx.store.authority(name),
+        key_spec=settings.responder_key,
+        renew_fraction=settings.renew_fraction,
+        actor=actor(),
+    ):
+        if action.action in ("issued", "renewed"):
+            lines.append(f"OCSP responder g{action.generation} for {action.label}")
+    return lines
 
 
 @click.command("links")

@@ -51,6 +51,11 @@ def test_root_and_subordinate_rollover(small: CAContext, rsa_key: rsa.RSAPrivate
     result = run_cli(ctx, "ca", "rollover", "lgpki-root", "--out-dir", str(tmp_path / "root"))
     assert result.exit_code == 0, result.output
     assert "rolled over lgpki-root: generation 1 -> 2" in result.stdout
+    # The new generation's CRLs and OCSP responder exist at once (docs/lifecycle.md).
+    base = ctx.settings.crl_base_url
+    assert f"CRL {base}/lgpki-root/g2.crl #1" in result.stdout, result.output
+    assert f"CRL {base}/lgpki-root/g2/arl.crl #1" in result.stdout, result.output
+    assert "for lgpki-root g2" in result.stdout and "warning" not in result.stderr, result.output
     root_g2 = x509.load_pem_x509_certificate((tmp_path / "root" / "lgpki-root-g2.pem").read_bytes())
     root_new_with_old = x509.load_pem_x509_certificate(
         (tmp_path / "root" / "lgpki-root-g2-new-with-old.pem").read_bytes()

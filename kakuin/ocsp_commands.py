@@ -52,7 +52,7 @@ def presign_once(
     total_signed = sum(r.signed for r in reports)
     total_seconds = sum(r.seconds for r in reports)
     for r in reports:
-        skipped = f", {r.skipped} of an older CA key (answered live)" if r.skipped else ""
+        skipped = f", {r.skipped} of a CA key generation no longer live (not answered)" if r.skipped else ""
         click.echo(
             f"{r.authority:<14} due {r.due:>8}  signed {r.signed:>8} answers in {r.seconds:6.2f} s{skipped}"
         )

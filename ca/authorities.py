@@ -157,13 +157,13 @@ def ca_certificate_builder(
     )
     if issuer is None:
         builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=config.path_length), True)
-        builder = builder.add_extension(_ca_key_usage(), True)
+        builder = builder.add_extension(ca_key_usage(), True)
         builder = builder.add_extension(ski, False)
         builder = builder.add_extension(x509.AuthorityKeyIdentifier(ski.digest, None, None), False)
     else:
         builder = builder.add_extension(authority_key_identifier(issuer.certificate, False), False)
         builder = builder.add_extension(ski, False)
-        builder = builder.add_extension(_ca_key_usage(), True)
+        builder = builder.add_extension(ca_key_usage(), True)
         if config.policies:
             qualifiers = [config.cps_uri] if config.cps_uri else None
             builder = builder.add_extension(
@@ -206,7 +206,8 @@ def ca_certificate_builder(
     return builder
 
 
-def _ca_key_usage() -> x509.KeyUsage:
+def ca_key_usage() -> x509.KeyUsage:
+    """keyCertSign + cRLSign only, as every CA certificate here (own, cross, link) carries it."""
     return x509.KeyUsage(
         digital_signature=False,
         content_commitment=False,

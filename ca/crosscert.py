@@ -23,7 +23,14 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtensionOID
 
-from ca.authorities import AuthorityRegistry, LoadedAuthority, fingerprint, random_serial, sign_recorded
+from ca.authorities import (
+    AuthorityRegistry,
+    LoadedAuthority,
+    ca_key_usage,
+    fingerprint,
+    random_serial,
+    sign_recorded,
+)
 from ca.crossconfig import CrossConfig
 from ca.errors import BadRequest, Conflict, NotFound
 from ca.extensions import URLs, authority_key_identifier
@@ -89,20 +96,6 @@ def _ski(certificate: x509.Certificate) -> bytes:
         return x509.SubjectKeyIdentifier.from_public_key(certificate.public_key()).digest
 
 
-def _ca_key_usage() -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=False,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=True,
-        crl_sign=True,
-        encipher_only=False,
-        decipher_only=False,
-    )
-
-
 def policy_mappings_extension(mappings: tuple[tuple[str, str], ...]) -> x509.UnrecognizedExtension:
     """policyMappings (RFC 5280 §4.2.1.5): cryptography builds no such extension, so asn1crypto
     encodes the value and cryptography carries it as given."""
@@ -135,7 +128,7 @@ def cross_certificate_builder(
         .not_valid_after(not_after)
         .add_extension(authority_key_identifier(issuer.certificate, False), False)
         .add_extension(x509.SubjectKeyIdentifier(subject_key_identifier), False)
-        .add_extension(_ca_key_usage(), True)
+        .add_extension(ca_key_usage(), True)
     )
     if config.policies:
         builder = builder.add_extension(
@@ -328,7 +321,7 @@ def request_for(registry: AuthorityRegistry, store: LifecycleStore, name: str, a
         x509.CertificateSigningRequestBuilder()
         .subject_name(authority.certificate.subject)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .add_extension(_ca_key_usage(), True)
+        .add_extension(ca_key_usage(), True)
         .add_extension(x509.SubjectKeyIdentifier(_ski(authority.certificate)), False)
         .sign(authority.key, signature_hash(authority.key))
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import subprocess
 import threading
@@ -77,6 +78,48 @@ class Setup:
     reviewer: Credentials
     operator: Credentials
     csrs: list[str]
+    server_pid: int = 0
+    log: Path | None = None
+
+
+def _process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of one live process, from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu(master: int) -> float:
+    """CPU seconds of the gunicorn master and its workers (workers live as long as the run)."""
+    total = _process_cpu(master)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == master:
+                total += _process_cpu(int(entry.name))
+    return total
+
+
+def server_latencies(log: Path | None, offset: int) -> list[float]:
+    """Seconds each request spent in the application (the RA's own "ms" log field), from the
+    gunicorn log written after ``offset``: the server's share of a request's latency."""
+    if log is None:
+        return []
+    out = []
+    with log.open("rb") as f:
+        f.seek(offset)
+        for line in f:
+            if line.startswith(b"{") and b'"ms"' in line:
+                with contextlib.suppress(ValueError, KeyError):
+                    entry = json.loads(line)
+                    if entry.get("route") != "/healthz":
+                        out.append(float(entry["ms"]) / 1000)
+    return out
 
 
 def _account(
@@ -115,7 +158,17 @@ def running_ra(ctx: CAContext, workers: int, threads: int) -> Iterator[Setup]:
     process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     base = f"https://127.0.0.1:{port}"
     csrs = [_csr(rsa.generate_private_key(public_exponent=65537, key_size=2048)) for _ in range(8)]
-    setup = Setup(ctx, base, str(files.client_ca), creds["clerk"], creds["reviewer"], creds["operator"], csrs)
+    setup = Setup(
+        ctx,
+        base,
+        str(files.client_ca),
+        creds["clerk"],
+        creds["reviewer"],
+        creds["operator"],
+        csrs,
+        process.pid,
+        home / "gunicorn.log",
+    )
     try:
         session = _session(setup, setup.clerk)
         deadline = time.monotonic() + 60
@@ -161,7 +214,10 @@ class Result:
     failed: int = 0
     app_latencies: list[float] = field(default_factory=list)
     request_latencies: list[float] = field(default_factory=list)
+    server_latencies: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    server_cpu: float = 0.0  # seconds, gunicorn master + workers
+    client_cpu: float = 0.0  # seconds, this process (the load generator)
 
 
 def _client(setup: Setup, index: int, stop: threading.Event, result: Result, lock: threading.Lock) -> None:
@@ -225,6 +281,8 @@ def run_clients(setup: Setup, clients: int, seconds: float) -> Result:
     lock = threading.Lock()
     stop = threading.Event()
     threads = [threading.Thread(target=_client, args=(setup, i, stop, result, lock)) for i in range(clients)]
+    offset = setup.log.stat().st_size if setup.log is not None and setup.log.exists() else 0
+    server0, client0 = server_cpu(setup.server_pid), _process_cpu(os.getpid())
     started = time.perf_counter()
     for thread in threads:
         thread.start()
@@ -233,10 +291,14 @@ def run_clients(setup: Setup, clients: int, seconds: float) -> Result:
     for thread in threads:
         thread.join()
     result.seconds = time.perf_counter() - started
+    result.server_cpu = server_cpu(setup.server_pid) - server0
+    result.client_cpu = _process_cpu(os.getpid()) - client0
+    result.server_latencies = server_latencies(setup.log, offset)
     return result
 
 
-def healthz_rate(setup: Setup, clients: int, seconds: float) -> tuple[float, list[float]]:
+def healthz_rate(setup: Setup, clients: int, seconds: float) -> tuple[float, list[float], float, float]:
+    """Requests per second, latencies, and server and client CPU seconds per request."""
     latencies: list[float] = []
     lock = threading.Lock()
     stop = threading.Event()
@@ -254,6 +316,7 @@ def healthz_rate(setup: Setup, clients: int, seconds: float) -> tuple[float, lis
             count[0] += len(local)
 
     threads = [threading.Thread(target=loop) for _ in range(clients)]
+    server0, client0 = server_cpu(setup.server_pid), _process_cpu(os.getpid())
     started = time.perf_counter()
     for thread in threads:
         thread.start()
@@ -261,7 +324,13 @@ def healthz_rate(setup: Setup, clients: int, seconds: float) -> tuple[float, lis
     stop.set()
     for thread in threads:
         thread.join()
-    return count[0] / (time.perf_counter() - started), latencies
+    done = max(count[0], 1)
+    return (
+        count[0] / (time.perf_counter() - started),
+        latencies,
+        (server_cpu(setup.server_pid) - server0) / done,
+        (_process_cpu(os.getpid()) - client0) / done,
+    )
 
 
 def direct_issuance_rate(ctx: CAContext, csrs: list[str], seconds: float) -> float:
@@ -312,6 +381,7 @@ def measure(args: argparse.Namespace, database: str, client_counts: list[int]) -
         run_clients(setup, 2, 2.0)  # warm-up: workers load the CA key, connections open
         for clients in client_counts:
             result = run_clients(setup, clients, args.seconds)
+            done = max(result.completed, 1)
             rows.append(
                 [
                     database,
@@ -321,26 +391,32 @@ def measure(args: argparse.Namespace, database: str, client_counts: list[int]) -
                     pct(result.app_latencies, 0.99),
                     pct(result.request_latencies, 0.5),
                     pct(result.request_latencies, 0.99),
+                    pct(result.server_latencies, 0.99),
+                    result.server_cpu / done * 1000,
+                    result.client_cpu / done * 1000,
                     result.failed,
                 ]
             )
         top = max(client_counts)
-        health, health_lat = healthz_rate(setup, top, min(args.seconds, 10.0))
+        health, health_lat, health_server, health_client = healthz_rate(setup, top, min(args.seconds, 10.0))
         nan = float("nan")
         rows.append(
             [
                 database,
-                f"peer: GET /healthz, {top} clients",
+                f"peer: GET /healthz, {top} clients (CPU per request)",
                 health,
                 nan,
                 nan,
                 pct(health_lat, 0.5),
                 pct(health_lat, 0.99),
+                nan,
+                health_server * 1000,
+                health_client * 1000,
                 0,
             ]
         )
         direct = direct_issuance_rate(ctx, setup.csrs, min(args.seconds, 10.0))
-        rows.append([database, "peer: Issuer.issue in-process, 1 thread", direct, nan, nan, nan, nan, 0])
+        rows.append([database, "peer: Issuer.issue in-process, 1 thread", direct, *([nan] * 7), 0])
     return rows
 
 
@@ -371,6 +447,9 @@ def main() -> None:
         "app p99 ms",
         "request p50 ms",
         "request p99 ms",
+        "in app p99 ms",
+        "server CPU ms/app",
+        "client CPU ms/app",
         "failed",
     ]
     rendered = table(headers, rows)

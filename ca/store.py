@@ -44,6 +44,7 @@ _COMPLETE = (
         fingerprint=bindparam("b_fingerprint"),
     )
 )
+_INSERT_AUDIT = insert(audit_t)  # built once: every state change writes one
 _FAIL = (
     update(certs_t)
     .where(and_(certs_t.c.id == bindparam("b_id"), certs_t.c.status == "signing"))
@@ -335,14 +336,15 @@ class Store(StoreReader):
         at: datetime | None = None,
     ) -> None:
         conn.execute(
-            insert(audit_t).values(
-                at=at or utcnow(),
-                actor=actor,
-                action=action,
-                authority=authority,
-                serial=serial,
-                detail=json.dumps(detail or {}, ensure_ascii=False, sort_keys=True),
-            )
+            _INSERT_AUDIT,
+            {
+                "at": at or utcnow(),
+                "actor": actor,
+                "action": action,
+                "authority": authority,
+                "serial": serial,
+                "detail": json.dumps(detail or {}, ensure_ascii=False, sort_keys=True),
+            },
         )
 
     def audit(

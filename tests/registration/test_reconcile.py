@@ -14,10 +14,14 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from cryptography import x509
 from sqlalchemy import select
 
@@ -25,9 +29,21 @@ from ca.errors import Conflict
 from ca.models import Certificate
 from ca.service import CAContext
 from hsm import Token
+from registration.models import Application
 from registration.reconcile import reconcile
 from registration.service import Caller, RegistrationService
-from tests.registration.conftest import RA, People, approve, issue, problem, server_env, submission
+from tests.registration.conftest import (
+    RA,
+    Client,
+    People,
+    approve,
+    issue,
+    problem,
+    server_env,
+    start_server,
+    submission,
+    wait_ready,
+)
 
 _DIES = textwrap.dedent(
     """
@@ -268,3 +284,86 @@ def test_reconcile_cli_refuses_a_bad_grace(ra: RA) -> None:
     assert "registration.reconcile_grace_seconds" in bad.stderr and "soon" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
     assert os.environ.get("KAKUIN_RA_RECONCILE_GRACE") is None
+
+
+def _workers_of(master: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == master:
+                found.append(int(entry.name))
+    return found
+
+
+def test_gunicorn_worker_sigkilled_during_second_reviews(
+    ra: RA, people: People, rsa_key, backend: str, tmp_path: Path
+) -> None:
+    """End to end: a real gunicorn worker is SIGKILLed the moment the database shows one of a
+    burst of second reviews claimed (``issuing``); after the reconciler nothing is stuck, and
+    every application is either issued (the office collects it) or back for its second review
+    (the operator approves it again)."""
+    if backend != "sqlite":
+        pytest.skip("bounded time: the same service code on both backends; the kills above run on both")
+    log = tmp_path / "gunicorn.log"
+    process, base = start_server(ra.ctx, ra.files, log, workers=1)
+    try:
+        cert = people.operator.session.cert
+        assert isinstance(cert, tuple)
+        probe = Client(base, cert, str(ra.files.client_ca), people.operator.name)
+        wait_ready(probe, process, log)
+        [worker] = _workers_of(process.pid)
+        apps = [first_approved(people, rsa_key, "jpki-auth") for _ in range(12)]
+        answers: dict[int, int | None] = {}
+
+        def second_review(app_id: int) -> None:
+            client = Client(base, cert, str(ra.files.client_ca), people.operator.name)
+            try:
+                answers[app_id] = client.post(
+                    f"/v1/applications/{app_id}/reviews", {"decision": "approve"}
+                ).status_code
+            except requests.RequestException:
+                answers[app_id] = None  # the worker died under this request
+
+        threads = [threading.Thread(target=second_review, args=(app_id,)) for app_id in apps]
+        table = Application.__table__
+        claimed = select(table.c.id).where(table.c.id.in_(apps), table.c.state == "issuing")
+        for thread in threads:
+            thread.start()
+        killed = False
+        deadline = time.monotonic() + 60
+        with ra.ctx.engine.connect() as conn:
+            while time.monotonic() < deadline and not killed:
+                if conn.execute(claimed).first() is not None:
+                    os.kill(worker, signal.SIGKILL)
+                    killed = True
+                conn.rollback()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert killed, "no second review was ever seen claimed"
+        assert None in answers.values(), answers  # the kill hit requests in flight
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+    stuck = [a for a in apps if ra.store.application(a).state == "issuing"]
+    assert stuck, "the kill landed between two second reviews, not in the middle of one"
+    assert reconcile(ra.ctx, timedelta(seconds=300)) == []  # a fresh claim is left to its worker
+    reconcile(ra.ctx, timedelta(0))
+    for app_id in apps:
+        app = ra.store.application(app_id)
+        assert app.state in ("issued", "first_approved"), (app_id, app.state, stuck)
+        if app.state == "first_approved":
+            assert answers[app_id] != 200
+            assert approve(people.operator, app_id)["state"] == "issued"
+        collected = people.a.clerk.get(
+            f"/v1/applications/{app_id}/certificate", headers={"Accept": "application/pkix-cert"}
+        )
+        assert collected.status_code == 200, collected.text
+        record = ra.ctx.store.certificate("jpki-auth", ra.store.application(app_id).certificate_serial or "")
+        assert record.status == "issued" and record.der == collected.content
+    for app_id in apps:  # no reserved row of these applications is left half-done
+        assert {r["status"] for r in rows_of(ra.ctx, app_id)} <= {"issued", "failed"}

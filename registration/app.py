@@ -447,8 +447,9 @@ def create_app(ctx: CAContext | None = None, config: str | None = None) -> Flask
         """Idempotency-Key on POST: the first answer is stored and replayed for the same key and
         body; the same key with another body is refused (422). Keys are per account, kept 24 hours.
 
-        ``creates``: the operation makes a new row each time it runs (a submission, a revocation
-        request), so the key is claimed in its own transaction *before* the work, and a
+        ``creates``: the operation makes a new row each time it runs (a revocation request; a
+        submission goes through ``atomic_idempotent``), so the key is claimed in its own
+        transaction *before* the work, and a
         concurrent retry answers 409 instead of creating a twin. Every other POST is a guarded
         state change (a second identical review is refused by the state machine anyway): its key
         is read before and written once after, one commit less on the hot path; if two identical

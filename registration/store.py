@@ -2,8 +2,9 @@
 
 Like ``ca.store``: every state change is one transaction with its audit event inside it, and
 state transitions are conditional UPDATEs (``WHERE state = expected``), so two reviewers racing on
-one application cannot both win. No method here holds a write transaction while the CA core
-signs or revokes (SQLite has one writer; the core commits in transactions of its own).
+one application cannot both win. Inside ``transaction()`` every call (and every call of
+``ca.store`` on the same engine) joins one transaction, so a request commits once; no transaction
+is held while the token signs (issuance commits the claim and the reserved row first).
 """
 
 from __future__ import annotations

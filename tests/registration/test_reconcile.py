@@ -30,7 +30,7 @@ from ca.models import Certificate
 from ca.service import CAContext
 from hsm import Token
 from registration.models import Application
-from registration.reconcile import reconcile
+from registration.reconcile import GRACE_ENV, reconcile
 from registration.service import Caller, RegistrationService
 from tests.registration.conftest import (
     RA,
@@ -173,15 +173,25 @@ def test_killed_while_signing_goes_back_for_a_new_second_review(ra: RA, people: 
     assert reconcile(ra.ctx, timedelta(0)) == []
 
 
-def test_killed_after_signing_issues_the_signed_certificate(ra: RA, people: People, rsa_key) -> None:
+def test_killed_after_signing_issues_the_signed_certificate(
+    ra: RA, people: People, rsa_key, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     app_id = first_approved(people, rsa_key, "jpki-auth")
     kill_at(ra, "before-mark", app_id, people.operator.name)
     assert people.a.clerk.get(f"/v1/applications/{app_id}").json()["state"] == "issuing"
     [row] = rows_of(ra.ctx, app_id)
     assert row["status"] == "issued" and row["der"] is not None
 
-    repairs = reconcile(ra.ctx, timedelta(0))
-    assert [(r.kind, r.id, r.outcome) for r in repairs] == [("application", app_id, "issued")]
+    # the job `kakuin up` runs every minute, with the grace period from the settings
+    from kakuin import ra_commands, services
+
+    [job] = [job for job in services.JOBS if job.name == "ra-reconcile"]
+    assert job.interval(ra.ctx) == ra_commands.RECONCILE_INTERVAL == 60.0
+    job.run(ra.ctx)
+    assert people.a.clerk.get(f"/v1/applications/{app_id}").json()["state"] == "issuing"  # 300 s grace
+    monkeypatch.setenv(GRACE_ENV, "0")
+    job.run(ra.ctx)
+    assert f"reconciled application {app_id}: issued" in capsys.readouterr().err
 
     shown = people.a.clerk.get(f"/v1/applications/{app_id}").json()
     assert shown["state"] == "issued"

@@ -50,6 +50,12 @@ class AlreadyRevoked(Conflict):
     kind = "already-revoked"
 
 
+class AuthorityChanged(Conflict):
+    """The authority was rolled over or terminated by another process after this one loaded it."""
+
+    kind = "authority-changed"
+
+
 class Forbidden(KakuinError):
     kind = "forbidden"
     http_status = 403

@@ -20,11 +20,11 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from ca.applicant import validate_applicant
 from ca.authorities import AuthorityRegistry, LoadedAuthority, fingerprint, random_serial
 from ca.csr import CheckedCSR, check_csr, load_csr
-from ca.errors import BadRequest, Forbidden, NotFound, PolicyRefused
+from ca.errors import AuthorityChanged, BadRequest, Forbidden, NotFound, PolicyRefused
 from ca.extensions import ExtensionInput, URLs, build_extensions
 from ca.jpki import age_on, jpki_not_after
 from ca.profiles import Profile
-from ca.store import SerialCollision, normalize_serial
+from ca.store import IssuerGuard, SerialCollision, normalize_serial
 from ca.subjects import build_alt_names, build_subject
 from ca.timeutil import JST, utcnow
 from hsm import signature_hash
@@ -177,18 +177,31 @@ class Issuer:
         if any(p.authority.name != authority.name for p in prepared):
             raise ValueError("one batch, one authority")
         sequences = self._sequences(prepared)
-        for _attempt in range(5):
+        reloaded = False
+        for _attempt in range(6):
             serials = [random_serial() for _ in prepared]
             builders, rows = [], []
             for item, serial, sequence in zip(prepared, serials, sequences, strict=True):
                 builder, row = self._build(item, serial, sequence)
                 builders.append(builder)
                 rows.append(row)
+            guard = _guard(prepared)
             try:
-                ids = self.store.reserve(rows)
+                ids = self.store.reserve(rows, guard)
                 break
             except SerialCollision:
                 continue  # 2^-128 odds per pair; draw again
+            except AuthorityChanged:
+                # Rolled over or terminated by another process since this one cached it: load
+                # it afresh and prepare again (once), which signs with the new key generation
+                # or refuses as a terminated authority does.
+                if reloaded or not guard.newest_active:
+                    raise
+                reloaded = True
+                self.registry.forget()
+                prepared = [self.prepare(p.request, now=p.not_before) for p in prepared]
+                authority = prepared[0].authority
+                sequences = self._sequences(prepared)
         else:  # pragma: no cover - five collisions in a row means the RNG is broken
             raise RuntimeError("serial number collisions keep happening: the random source is broken")
         if before_signing is not None:
@@ -296,3 +309,14 @@ class Issuer:
             "application_id": item.request.application_id,
         }
         return builder, row
+
+
+def _guard(prepared: Sequence[PreparedIssuance]) -> IssuerGuard:
+    """Ordinary certificates need the authority active and its newest key; the status services'
+    own certificates (delegated OCSP responders) may come from any live generation."""
+    first = prepared[0].authority
+    return IssuerGuard(
+        authority_id=first.record.id,
+        generation_id=first.generation.id,
+        newest_active=not all(serves_status(p.profile) for p in prepared),
+    )

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from ca.db import joined
-from ca.errors import AlreadyRevoked, Conflict, NotFound, Unavailable
+from ca.errors import AlreadyRevoked, AuthorityChanged, Conflict, NotFound, Unavailable
 from ca.models import AuditEvent, Authority, Certificate, KeyGeneration, Revocation, SignedStatus
 from ca.revocation import HOLD, REMOVE_FROM_CRL, parse_reason
 from ca.timeutil import utcnow
@@ -111,6 +111,44 @@ class AuditRecord:
     authority: str | None
     serial: str | None
     detail: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class IssuerGuard:
+    """What issuance assumed about its authority when it prepared: still active and signing with
+    its newest key generation. Another process (``kakuin ca rollover``, ``kakuin ca terminate``)
+    may have changed either since a long-running service cached the authority; the check runs
+    in the transaction that reserves the rows, so nothing is signed under a stale assumption."""
+
+    authority_id: int
+    generation_id: int
+    newest_active: bool  # False for the status services' own certificates (any live generation)
+
+    def check(self, conn: Connection, lock: bool) -> None:
+        query = select(authorities_t.c.state, authorities_t.c.name).where(
+            authorities_t.c.id == self.authority_id
+        )
+        if lock and conn.dialect.name == "postgresql":
+            query = query.with_for_update(read=True)
+        state, name = conn.execute(query).one()
+        if self.newest_active and state != "active":
+            raise AuthorityChanged(f"authority {name} is {state} and issues no more", field="authority")
+        generations = (
+            conn.execute(
+                select(keys_t.c.id)
+                .where(and_(keys_t.c.authority_id == self.authority_id, keys_t.c.active.is_(True)))
+                .order_by(keys_t.c.generation)
+            )
+            .scalars()
+            .all()
+        )
+        if self.generation_id not in generations or (
+            self.newest_active and generations[-1] != self.generation_id
+        ):
+            raise AuthorityChanged(
+                f"authority {name} has a new key generation since this request was prepared",
+                field="authority",
+            )
 
 
 class SerialCollision(Exception):
@@ -450,7 +488,7 @@ class Store(StoreReader):
 
     # -- issuance ---------------------------------------------------------------------------
 
-    def reserve(self, rows: Sequence[dict[str, Any]]) -> list[int]:
+    def reserve(self, rows: Sequence[dict[str, Any]], guard: IssuerGuard | None = None) -> list[int]:
         """Record the intent to issue (status ``signing``) before the token signs: a worker killed
         mid-issuance leaves a row that can be found and revoked, never a certificate nobody knows.
 
@@ -464,6 +502,8 @@ class Store(StoreReader):
         now = utcnow()
         params = [{**row, "status": "signing", "created_at": now} for row in rows]
         with self._begin() as conn:
+            if guard is not None:
+                guard.check(conn, lock=True)  # PostgreSQL: FOR SHARE holds off a termination
             try:
                 result = conn.execute(
                     insert(certs_t).returning(certs_t.c.id, certs_t.c.authority_id, certs_t.c.serial),
@@ -474,7 +514,15 @@ class Store(StoreReader):
                 if "serial" in str(exc.orig).lower():
                     raise SerialCollision() from None
                 raise
-        ids = [by_serial[(row["authority_id"], row["serial"])] for row in rows]
+            ids = [by_serial[(row["authority_id"], row["serial"])] for row in rows]
+            if guard is not None and conn.dialect.name == "sqlite":
+                # SQLite ran the first check before its write lock; holding it now, this read
+                # sees the newest commit. Stale: the rows go again before the caller retries.
+                try:
+                    guard.check(conn, lock=False)
+                except AuthorityChanged:
+                    conn.execute(delete(certs_t).where(certs_t.c.id.in_(ids)))
+                    raise
         return ids
 
     def complete(

@@ -368,7 +368,21 @@ def write_section(text: str) -> Path:
     return path
 
 
-NOTE = "Where the time goes (cProfile of the same flow in-process, SQLite): 12 commits per application (submission, idempotency claim and answer, two reviews, the claim of the second review, the CA core's three for one issuance: subject sequence, reserved row, signed row; the issued mark; the collection), each an fsync of about 5 ms on this disk, are two thirds of the time; the rest is about 25 ms of CPU per application in Flask, SQLAlchemy and JSON, shared with the load generator on the same two cores. The RSA signature itself is ~1 ms. So the target is missed by about 6× here: reaching it needs fewer commits per application (e.g. the issuance in the same transaction as the second review) and more cores (PostgreSQL batches concurrent commits; SQLite has one writer)."
+NOTE = (
+    "Where the time goes: 5 commits per application (the submission with its Idempotency-Key; the"
+    " first review with its key; the second review's claim with the subject sequence and the"
+    " reserved certificate row, committed before the token signs; the signed certificate with the"
+    " issued mark and the key; the collection). An fsync costs ~0.2 ms on this disk, so commits"
+    " cost less by their fsync than by the statements and round trips around them. The server CPU"
+    " column is gunicorn's master and workers (not PostgreSQL's own processes), the client column"
+    " the load generator; GET /healthz gives the floor of one HTTPS request (TLS, gunicorn, Flask,"
+    " the account lookup), so four of them are the HTTP share of an application and the rest is the"
+    " work: SQLAlchemy Core (about 28 statements per application, each built once), Flask, the CSR"
+    " checks at submission and again at the second review, building and signing the certificate"
+    " (the RSA signature in SoftHSM2 ~1 ms), JSON. 'in app p99' is the time a request spent inside"
+    " the application (the RA's own log), so a request p99 close to it means the tail is spent in"
+    " the workers (CPU and GIL queueing), not in the network or the TLS handshake."
+)
 
 
 def measure(args: argparse.Namespace, database: str, client_counts: list[int]) -> list[list[object]]:

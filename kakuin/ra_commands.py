@@ -13,6 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import click
+from sqlalchemy.exc import SQLAlchemyError
 
 from ca.errors import BadRequest, KakuinError
 from ca.service import CAContext
@@ -41,7 +42,7 @@ def _launch_ra(ctx: CAContext) -> services.ServiceProcess:
     Claims left by a previous run's dead workers are repaired first (then every minute by the
     ``ra-reconcile`` job)."""
     load_resident_hasher(ctx.settings.home, create=True)
-    _reconcile(ctx)
+    _reconcile_at_start(ctx)
     files = ensure_server_credentials(ctx, "kakuin up")
     service = ctx.settings.services["ra"]
     return services.ServiceProcess(
@@ -66,6 +67,15 @@ def _reconcile(ctx: CAContext, grace: timedelta | None = None) -> list[Repair]:
 
 def _reconcile_job(ctx: CAContext) -> None:
     _reconcile(ctx)
+
+
+def _reconcile_at_start(ctx: CAContext) -> None:
+    """Before the workers start; a failure is reported and does not keep the RA from serving
+    (the job and `kakuin ra reconcile` try again)."""
+    try:
+        _reconcile(ctx)
+    except (KakuinError, SQLAlchemyError) as exc:
+        click.echo(f"kakuin: ra reconcile failed at start: {type(exc).__name__}: {exc}", err=True)
 
 
 RECONCILE_INTERVAL = 60.0  # seconds between runs under `kakuin up`
@@ -269,7 +279,7 @@ def register(main: click.Group) -> None:
         except KakuinError as exc:
             fail(f"{exc} (run `kakuin init` first)")
             return
-        _reconcile(ctx)
+        _reconcile_at_start(ctx)
         argv = gunicorn_argv(ctx, files, port=port, workers=workers, threads=threads)
         service = ctx.settings.services["ra"]
         click.echo(f"serving ra     https://{service.host}:{port or service.port}/v1", err=True)

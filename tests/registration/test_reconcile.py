@@ -377,3 +377,33 @@ def test_gunicorn_worker_sigkilled_during_second_reviews(
         assert record.status == "issued" and record.der == collected.content
     for app_id in apps:  # no reserved row of these applications is left half-done
         assert {r["status"] for r in rows_of(ra.ctx, app_id)} <= {"issued", "failed"}
+
+
+def test_kakuin_serve_ra_reconciles_before_serving(ra: RA, people: People, rsa_key, backend: str) -> None:
+    """A claim left by the previous run's dead worker is repaired when the RA starts."""
+    if backend != "sqlite":
+        pytest.skip("bounded time: the command is the same on both databases")
+    from tests.registration.conftest import free_port
+
+    app_id = first_approved(people, rsa_key, "jpki-auth")
+    kill_at(ra, "before-mark", app_id, people.operator.name)
+    port = free_port()
+    log = ra.tmp / "serve-reconcile.log"
+    process = subprocess.Popen(
+        [".venv/bin/kakuin", "serve", "ra", "--port", str(port), "--workers", "1"],
+        env={**server_env(ra.ctx), GRACE_ENV: "0"},
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        cert = people.a.clerk.session.cert
+        assert isinstance(cert, tuple)
+        clerk = Client(f"https://127.0.0.1:{port}", cert, str(ra.files.client_ca), "clerk")
+        wait_ready(clerk, process, log)
+        assert f"kakuin: reconciled application {app_id}: issued" in log.read_text()
+        shown = clerk.get(f"/v1/applications/{app_id}").json()
+        assert shown["state"] == "issued"
+        assert clerk.get(f"/v1/applications/{app_id}/certificate").status_code == 200
+    finally:
+        process.terminate()
+        process.wait(timeout=20)

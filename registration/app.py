@@ -32,6 +32,7 @@ from ca.service import CAContext
 from ca.store import CertificateRecord
 from ca.verifiers import VerifierRecord
 from config import load_settings
+from registration.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from registration.metrics import Metrics
 from registration.openapi import openapi_document
 from registration.residents import load_resident_hasher
@@ -526,9 +527,7 @@ def create_app(ctx: CAContext | None = None, config: str | None = None) -> Flask
 
     @app.get("/metrics")
     def metrics_view() -> Response:
-        return Response(
-            metrics.render(), mimetype="text/plain", content_type="text/plain; version=0.0.4; charset=utf-8"
-        )
+        return Response(metrics.render(), content_type=METRICS_CONTENT_TYPE)
 
     @app.get("/v1/openapi.json")
     def openapi() -> Response:

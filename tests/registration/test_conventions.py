@@ -7,11 +7,15 @@ import json
 import os
 import subprocess
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
+from prometheus_client.mmap_dict import MmapedDict
 
+from registration.server import metrics_directory
 from tests.conftest import jpki_sign_applicant
 from tests.registration.conftest import RA, Client, People, problem, resident_id, server_env, submission
 
@@ -71,15 +75,14 @@ def test_health_metrics_and_logs(ra: RA, people: People, rsa_key) -> None:
     body = submission("jpki-sign", rsa_key, resident_id=rid)
     body["applicant"] = jpki_sign_applicant(name=name, name_substitutes="000000")
     assert people.a.clerk.post("/v1/applications", body).status_code == 201
-    # counters are per worker process: ask on the connection (so the worker) that just listed
     assert people.operator.get("/v1/applications?limit=1").status_code == 200
     metrics = people.operator.get("/metrics")
     assert metrics.status_code == 200 and metrics.headers["Content-Type"].startswith(
         "text/plain; version=0.0.4"
     )
     text = metrics.text
-    assert 'kakuin_ra_requests_total{worker="' in text
-    assert 'method="GET",route="/v1/applications",status="200"' in text
+    assert "# TYPE kakuin_ra_requests_total counter" in text and "worker=" not in text
+    assert 'kakuin_ra_requests_total{method="GET",route="/v1/applications",status="200"}' in text
     assert 'kakuin_ra_applications{state="submitted"}' in text
     assert "# TYPE kakuin_ra_request_duration_seconds histogram" in text
     log = (ra.tmp / "gunicorn.log").read_text(encoding="utf-8")
@@ -92,6 +95,62 @@ def test_health_metrics_and_logs(ra: RA, people: People, rsa_key) -> None:
     # and the audit log has no personal data in plain text either
     audit = json.dumps([e.detail for e in ra.ctx.store.audit_events(1000)], ensure_ascii=False)
     assert rid not in audit and name not in audit
+
+
+def _me_count(text: str) -> float:
+    line = 'kakuin_ra_requests_total{method="GET",route="/v1/me",status="200"} '
+    found = [float(row[len(line) :]) for row in text.splitlines() if row.startswith(line)]
+    return found[0] if found else 0.0
+
+
+def _me_by_worker(directory: Path) -> dict[str, float]:
+    """GET /v1/me answers counted in each worker's own file (counter_<pid>.db)."""
+    counts: dict[str, float] = {}
+    for path in directory.glob("counter_*.db"):
+        for key, value, _ts, _pos in MmapedDict.read_all_values_from_file(str(path)):
+            _metric, name, labels, _help = json.loads(key)
+            if name == "kakuin_ra_requests_total" and labels == {
+                "method": "GET",
+                "route": "/v1/me",
+                "status": "200",
+            }:
+                counts[path.stem.split("_")[1]] = value
+    return counts
+
+
+def test_metrics_count_every_worker_whichever_answers(ra: RA, people: People) -> None:
+    """Requests spread over both gunicorn workers; every scrape, whichever worker answers it,
+    shows all of them (the old per-worker counters showed only the answering worker's)."""
+    directory = metrics_directory(ra.ctx, int(ra.base.rsplit(":", 1)[1]))
+    cert = people.operator.session.cert
+    assert isinstance(cert, tuple)
+
+    def fresh() -> Client:  # a new TLS connection, accepted by whichever worker the kernel picks
+        return Client(ra.base, cert, str(ra.files.client_ca), people.operator.name)
+
+    before = _me_count(fresh().get("/metrics").text)
+    workers_before = _me_by_worker(directory)
+
+    def burst(_i: int) -> list[int]:
+        client = fresh()
+        return [client.get("/v1/me").status_code for _ in range(5)]
+
+    # which worker accepts a connection is the kernel's choice: go on until both answered some
+    n, grown = 0, {}
+    with ThreadPoolExecutor(6) as pool:
+        for _round in range(20):
+            statuses = [s for batch in pool.map(burst, range(6)) for s in batch]
+            assert statuses == [200] * 30
+            n += 30
+            grown = {p: v - workers_before.get(p, 0.0) for p, v in _me_by_worker(directory).items()}
+            if len([v for v in grown.values() if v > 0]) == 2:
+                break
+    assert len([v for v in grown.values() if v > 0]) == 2, grown  # both workers answered some
+    assert sum(grown.values()) == n
+    for _ in range(8):
+        scrape = fresh().get("/metrics")
+        assert scrape.status_code == 200
+        assert _me_count(scrape.text) == before + n, scrape.text[-2000:]
 
 
 def test_cli_sets_up_offices_accounts_and_credentials(ra: RA, people: People, tmp_path, backend: str) -> None:

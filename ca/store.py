@@ -45,6 +45,30 @@ _COMPLETE = (
     )
 )
 _INSERT_AUDIT = insert(audit_t)  # built once: every state change writes one
+# IssuerGuard.check: the authority with its active key generations, oldest first.
+_GUARD = (
+    select(authorities_t.c.state, authorities_t.c.name, keys_t.c.id.label("generation_id"))
+    .select_from(
+        authorities_t.outerjoin(
+            keys_t, and_(keys_t.c.authority_id == authorities_t.c.id, keys_t.c.active.is_(True))
+        )
+    )
+    .where(authorities_t.c.id == bindparam("b_authority"))
+    .order_by(keys_t.c.generation)
+)
+_GUARD_LOCKED = _GUARD.with_for_update(read=True, of=authorities_t)  # FOR SHARE OF authorities
+_NEXT_SEQUENCE = (
+    update(authorities_t)
+    .where(authorities_t.c.id == bindparam("b_authority"))
+    .values(sequence=authorities_t.c.sequence + bindparam("b_count"))
+    .returning(authorities_t.c.sequence)
+)
+_RESERVE = insert(certs_t).returning(certs_t.c.id, certs_t.c.authority_id, certs_t.c.serial)
+_CERTIFICATE = (
+    select(certs_t)
+    .join(authorities_t, certs_t.c.authority_id == authorities_t.c.id)
+    .where(and_(authorities_t.c.name == bindparam("b_authority"), certs_t.c.serial == bindparam("b_serial")))
+)
 _FAIL = (
     update(certs_t)
     .where(and_(certs_t.c.id == bindparam("b_id"), certs_t.c.status == "signing"))
@@ -125,23 +149,15 @@ class IssuerGuard:
     newest_active: bool  # False for the status services' own certificates (any live generation)
 
     def check(self, conn: Connection, lock: bool) -> None:
-        query = select(authorities_t.c.state, authorities_t.c.name).where(
-            authorities_t.c.id == self.authority_id
-        )
-        if lock and conn.dialect.name == "postgresql":
-            query = query.with_for_update(read=True)
-        state, name = conn.execute(query).one()
+        # One statement: the authority's state and its active generations, newest last.
+        query = _GUARD_LOCKED if lock and conn.dialect.name == "postgresql" else _GUARD
+        rows = conn.execute(query, {"b_authority": self.authority_id}).all()
+        if not rows:
+            raise AuthorityChanged(f"authority {self.authority_id} no longer exists", field="authority")
+        state, name = rows[0].state, rows[0].name
         if self.newest_active and state != "active":
             raise AuthorityChanged(f"authority {name} is {state} and issues no more", field="authority")
-        generations = (
-            conn.execute(
-                select(keys_t.c.id)
-                .where(and_(keys_t.c.authority_id == self.authority_id, keys_t.c.active.is_(True)))
-                .order_by(keys_t.c.generation)
-            )
-            .scalars()
-            .all()
-        )
+        generations = [r.generation_id for r in rows if r.generation_id is not None]
         if self.generation_id not in generations or (
             self.newest_active and generations[-1] != self.generation_id
         ):
@@ -265,11 +281,7 @@ class StoreReader:
     def certificate(self, authority: str, serial: str | int) -> CertificateRecord:
         serial_hex = normalize_serial(serial)
         with self._connect() as conn:
-            row = conn.execute(
-                select(certs_t)
-                .join(authorities_t, certs_t.c.authority_id == authorities_t.c.id)
-                .where(and_(authorities_t.c.name == authority, certs_t.c.serial == serial_hex))
-            ).first()
+            row = conn.execute(_CERTIFICATE, {"b_authority": authority, "b_serial": serial_hex}).first()
         if row is None:
             raise NotFound(
                 f"authority {authority} has issued no certificate with serial {serial_hex}", field="serial"
@@ -476,14 +488,7 @@ class Store(StoreReader):
     def next_sequence(self, authority_id: int, count: int) -> int:
         """Reserve ``count`` numbers of the authority's subject sequence; returns the first."""
         with self._begin() as conn:
-            conn.execute(
-                update(authorities_t)
-                .where(authorities_t.c.id == authority_id)
-                .values(sequence=authorities_t.c.sequence + count)
-            )
-            last = conn.execute(
-                select(authorities_t.c.sequence).where(authorities_t.c.id == authority_id)
-            ).scalar_one()
+            last = conn.execute(_NEXT_SEQUENCE, {"b_authority": authority_id, "b_count": count}).scalar_one()
         return int(last) - count + 1
 
     # -- issuance ---------------------------------------------------------------------------
@@ -505,10 +510,7 @@ class Store(StoreReader):
             if guard is not None:
                 guard.check(conn, lock=True)  # PostgreSQL: FOR SHARE holds off a termination
             try:
-                result = conn.execute(
-                    insert(certs_t).returning(certs_t.c.id, certs_t.c.authority_id, certs_t.c.serial),
-                    params,
-                )
+                result = conn.execute(_RESERVE, params)
                 by_serial = {(authority_id, serial): int(cert_id) for cert_id, authority_id, serial in result}
             except IntegrityError as exc:
                 if "serial" in str(exc.orig).lower():
@@ -553,7 +555,7 @@ class Store(StoreReader):
             return
         with self._begin() as conn:
             conn.execute(_COMPLETE, updates)
-            conn.execute(insert(audit_t), events)
+            conn.execute(_INSERT_AUDIT, events)
 
     def fail(self, cert_ids: Sequence[int], actor: str, authority: str, reason: str) -> None:
         """The token refused to sign: the reserved rows never became certificates."""

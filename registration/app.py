@@ -509,7 +509,12 @@ def create_app(ctx: CAContext | None = None, config: str | None = None) -> Flask
         ids = {
             i for i in (app_record.submitted_by, app_record.first_reviewer, app_record.second_reviewer) if i
         }
-        data = application_json(app_record, store.names_of(ids), store.reviews(app_record.id))
+        who = caller().account  # a clerk's own submission: no names to look up
+        names = {who.id: who.name} if who is not None and ids == {who.id} else store.names_of(ids)
+        # A submitted application has no reviews yet (a review moves it on, and undoing a second
+        # review goes back to first_approved).
+        reviews = [] if app_record.state == "submitted" else store.reviews(app_record.id)
+        data = application_json(app_record, names, reviews)
         return json_response(data, status, f"/v1/applications/{app_record.id}" if status == 201 else None)
 
     def query() -> dict[str, str]:

@@ -229,10 +229,9 @@ class RegistrationService:
             raise Forbidden("one person cannot give both reviews")
         if decision == "reject" or stage == 1:
             new_state = "rejected" if decision == "reject" else "first_approved"
-            self.store.record_review(
+            return self.store.record_review(
                 app, stage=stage, account=account, decision=decision, reason=reason, new_state=new_state
             )
-            return self.store.application(app.id)
         # Still valid now (the card may have expired since the submission)? Then two commits:
         # the first claims the application (state ``issuing``: a concurrent second approval
         # loses) with the reserved certificate row, before the token signs; the second stores
@@ -241,7 +240,7 @@ class RegistrationService:
         # ``registration.reconcile`` repairs.
         prepared = self.ctx.issuer.prepare(self._issuance_request(app, account))
         with self.store.transaction() as tx:
-            self.store.record_review(
+            claimed = self.store.record_review(
                 app, stage=2, account=account, decision="approve", reason=reason, new_state="issuing"
             )
             try:
@@ -250,8 +249,7 @@ class RegistrationService:
                 self.store.undo_second_review(app, account, type(exc).__name__)
                 tx.commit()  # the failure is recorded even though the request fails
                 raise
-            self.store.mark_issued(app, issued.authority, issued.serial, account)
-            return self.store.application(app.id)
+            return self.store.mark_issued(claimed, issued.authority, issued.serial, account)
 
     def _issuance_request(self, app: ApplicationRecord, account: AccountRecord) -> IssuanceRequest:
         return IssuanceRequest(

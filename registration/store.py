@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -206,6 +206,14 @@ _REVIEWS = (
     .order_by(reviews_t.c.stage)
 )
 _INSERT_REVIEW = insert(reviews_t)
+_INSERT_APPLICATION = insert(applications_t)
+# The columns to set come with the parameters (their names), the conditions are bound here.
+_UPDATE_IF_STATE = update(applications_t).where(
+    and_(applications_t.c.id == bindparam("b_id"), applications_t.c.state == bindparam("b_expected"))
+)
+_UPDATE_IF_UNCOLLECTED = update(applications_t).where(
+    and_(applications_t.c.id == bindparam("b_id"), applications_t.c.collected_at.is_(None))
+)
 _INSERT_IDEMPOTENCY_KEY = insert(idem_t)
 
 
@@ -393,20 +401,22 @@ class RegistrationStore:
         account: AccountRecord,
     ) -> ApplicationRecord:
         now = utcnow()
+        applicant_json = json.dumps(applicant, ensure_ascii=False, sort_keys=True)
         with self._begin() as conn:
             result = conn.execute(
-                insert(applications_t).values(
-                    office_id=office_id,
-                    profile=profile,
-                    authority=authority,
-                    csr_pem=csr_pem,
-                    applicant=json.dumps(applicant, ensure_ascii=False, sort_keys=True),
-                    resident_key=resident_key,
-                    state="submitted",
-                    submitted_by=account.id,
-                    created_at=now,
-                    updated_at=now,
-                )
+                _INSERT_APPLICATION,
+                {
+                    "office_id": office_id,
+                    "profile": profile,
+                    "authority": authority,
+                    "csr_pem": csr_pem,
+                    "applicant": applicant_json,
+                    "resident_key": resident_key,
+                    "state": "submitted",
+                    "submitted_by": account.id,
+                    "created_at": now,
+                    "updated_at": now,
+                },
             )
             app_id = _pk(result)
             CAStore._audit(
@@ -415,7 +425,29 @@ class RegistrationStore:
                 "application.submit",
                 detail={"application": app_id, "office": account.office_code, "profile": profile},
             )
-        return self.application(app_id)
+        # What was just written, without reading it back (the same values a read would give).
+        assert account.office_code is not None
+        return ApplicationRecord(
+            id=app_id,
+            office_id=office_id,
+            office_code=account.office_code,
+            profile=profile,
+            authority=authority,
+            csr_pem=csr_pem,
+            applicant=json.loads(applicant_json),
+            resident_key=resident_key,
+            state="submitted",
+            submitted_by=account.id,
+            first_reviewer=None,
+            second_reviewer=None,
+            rejection_reason=None,
+            certificate_authority=None,
+            certificate_serial=None,
+            created_at=now,
+            updated_at=now,
+            issued_at=None,
+            collected_at=None,
+        )
 
     def application(self, app_id: int) -> ApplicationRecord:
         if not 0 < app_id < 2**63:  # beyond any id (and beyond what SQLite can bind)
@@ -473,9 +505,9 @@ class RegistrationStore:
         decision: str,
         reason: str | None,
         new_state: str,
-    ) -> None:
+    ) -> ApplicationRecord:
         """Move the application from the state this stage expects; a concurrent review loses with
-        a Conflict and changes nothing."""
+        a Conflict and changes nothing. Returns the application as it now is."""
         expected = "submitted" if stage == 1 else "first_approved"
         reviewer_column = "first_reviewer" if stage == 1 else "second_reviewer"
         now = utcnow()
@@ -483,11 +515,7 @@ class RegistrationStore:
         if decision == "reject":
             values["rejection_reason"] = reason
         with self._begin() as conn:
-            result = conn.execute(
-                update(applications_t)
-                .where(and_(applications_t.c.id == app.id, applications_t.c.state == expected))
-                .values(**values)
-            )
+            result = conn.execute(_UPDATE_IF_STATE, {"b_id": app.id, "b_expected": expected, **values})
             if result.rowcount != 1:
                 raise Conflict(f"application {app.id} was reviewed concurrently", field="id")
             conn.execute(
@@ -507,6 +535,7 @@ class RegistrationStore:
                 f"application.review{stage}.{decision}",
                 detail={"application": app.id, "office": app.office_code, "profile": app.profile},
             )
+        return replace(app, **values)
 
     def undo_second_review(self, app: ApplicationRecord, account: AccountRecord, failure: str) -> None:
         """Issuance failed after the second approval: back to ``first_approved`` so it can be
@@ -529,30 +558,28 @@ class RegistrationStore:
 
     def mark_issued(
         self, app: ApplicationRecord, authority: str, serial: str, account: AccountRecord
-    ) -> None:
+    ) -> ApplicationRecord:
         """issuing -> issued. If the application is no longer ``issuing`` (the reconciler gave it
         back after a grace period this request outlived), Conflict: in the caller's transaction
         that also drops the certificate's completion, so the signed certificate is never
         stored or handed out and its row stays ``failed``."""
         now = utcnow()
+        values: dict[str, Any] = {
+            "state": "issued",
+            "certificate_authority": authority,
+            "certificate_serial": serial,
+            "issued_at": now,
+            "updated_at": now,
+        }
         with self._begin() as conn:
-            result = conn.execute(
-                update(applications_t)
-                .where(and_(applications_t.c.id == app.id, applications_t.c.state == "issuing"))
-                .values(
-                    state="issued",
-                    certificate_authority=authority,
-                    certificate_serial=serial,
-                    issued_at=now,
-                    updated_at=now,
-                )
-            )
+            result = conn.execute(_UPDATE_IF_STATE, {"b_id": app.id, "b_expected": "issuing", **values})
             if result.rowcount != 1:
                 raise Conflict(
                     f"application {app.id} stopped issuing while it was being signed "
                     "(reconciled after the grace period); approve it again",
                     field="id",
                 )
+        return replace(app, **values)
 
     def mark_collected(self, app: ApplicationRecord, account: AccountRecord) -> None:
         """The first collection is recorded (the office has handed the certificate over)."""
@@ -561,9 +588,7 @@ class RegistrationStore:
         now = utcnow()
         with self._begin() as conn:
             result = conn.execute(
-                update(applications_t)
-                .where(and_(applications_t.c.id == app.id, applications_t.c.collected_at.is_(None)))
-                .values(collected_at=now, updated_at=now)
+                _UPDATE_IF_UNCOLLECTED, {"b_id": app.id, "collected_at": now, "updated_at": now}
             )
             if result.rowcount == 1:
                 CAStore._audit(

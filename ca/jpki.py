@@ -42,9 +42,19 @@ def birthday_in(year: int, birth: date) -> date:
 
 
 def age_on(day: date, birth: date) -> int:
-    """Completed years on ``day`` (the age rises on the birthday itself)."""
+    """Completed years on ``day``, as Japanese law counts them (年齢計算ニ関スル法律 with Civil
+    Code art. 143): a year of age ends with the day before the birthday, so the age has risen on
+    the birthday itself; for someone born on 29 February, a common year has no such day and the
+    year ends with the last day of February, so the age has risen on 1 March.
+
+    (The certificate's *expiry* keeps 28 February as the birthday in common years, see
+    ``birthday_in``: the earlier day, so a certificate never outlives either reading.)"""
     years = day.year - birth.year
-    if day < birthday_in(day.year, birth):
+    if (birth.month, birth.day) == (2, 29) and not calendar.isleap(day.year):
+        anniversary = date(day.year, 3, 1)
+    else:
+        anniversary = date(day.year, birth.month, birth.day)
+    if day < anniversary:
         years -= 1
     return years
 

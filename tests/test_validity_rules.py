@@ -67,11 +67,37 @@ def test_age_rises_on_the_birthday() -> None:
 
 
 def test_leap_day_birthday_falls_on_28_february_in_common_years() -> None:
+    """For the certificate's expiry (the 5th birthday), 29 February is 28 February in common years."""
     birth = date(2012, 2, 29)
     assert birthday_in(2027, birth) == date(2027, 2, 28)
     assert birthday_in(2028, birth) == date(2028, 2, 29)
-    assert age_on(date(2027, 2, 27), birth) == 14
-    assert age_on(date(2027, 2, 28), birth) == 15
+
+
+def test_leap_day_age_rises_on_1_march_in_common_years() -> None:
+    """Civil Code art. 143(2): with no 29 February, the year of age ends with 28 February, so
+    someone born on 29 February is still 14 on 28 February of their 15th common year."""
+    birth = date(2012, 2, 29)
+    assert age_on(date(2027, 2, 28), birth) == 14
+    assert age_on(date(2027, 3, 1), birth) == 15
+    assert age_on(date(2028, 2, 28), birth) == 15
+    assert age_on(date(2028, 2, 29), birth) == 16  # a leap year has the day itself
+
+
+def test_leap_day_applicant_is_refused_on_28_february_of_their_15th_year(
+    ca_ctx: CAContext, csr: bytes, base_year: int
+) -> None:
+    # A common year, inside the CA's validity, whose 15-years-earlier year is a leap year.
+    year = next(
+        y for y in range(base_year, base_year + 8) if calendar.isleap(y - 15) and not calendar.isleap(y)
+    )
+    birth = f"{year - 15}-02-29"
+    expiry = f"{year + 6}-01-01"
+    with pytest.raises(PolicyRefused, match="the holder is 14") as caught:
+        prepare(ca_ctx, csr, jst(year, 2, 28, 23, 59, 59), birth_date=birth, card_expiry=expiry)
+    assert caught.value.field == "applicant.birth_date"
+    prepared = prepare(ca_ctx, csr, jst(year, 3, 1, 0, 0, 0), birth_date=birth, card_expiry=expiry)
+    fifth = date(year + 5, 2, 29 if calendar.isleap(year + 5) else 28)  # 5 birthdays after 1 March
+    assert prepared.not_after == end_of(fifth)
 
 
 @pytest.mark.parametrize(

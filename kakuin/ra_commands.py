@@ -27,7 +27,7 @@ from registration.credentials import (
 )
 from registration.reconcile import Repair, grace_period, reconcile
 from registration.residents import load_resident_hasher
-from registration.server import gunicorn_argv
+from registration.server import DEFAULT_THREADS, gunicorn_argv
 from registration.store import ROLES, RegistrationStore
 
 P12_PASSPHRASE_ENV = "KAKUIN_P12_PASSPHRASE"
@@ -266,7 +266,9 @@ def register(main: click.Group) -> None:
     @serve.command("ra")
     @click.option("--port", type=int, help="Default: services.ra.port (8443).")
     @click.option("--workers", type=int, help="gunicorn worker processes. Default: services.ra.workers.")
-    @click.option("--threads", type=int, default=4, show_default=True, help="Threads per worker.")
+    @click.option(
+        "--threads", type=int, default=DEFAULT_THREADS, show_default=True, help="Threads per worker."
+    )
     @pass_state
     @reports_errors
     def serve_ra(state: State, port: int | None, workers: int | None, threads: int) -> None:

@@ -1,10 +1,16 @@
 """How the RA runs: gunicorn on loopback over HTTPS, client certificates required.
 
 Why gunicorn's ``gthread`` worker: callers keep their TLS connection open between requests (a
-handshake per request would cost more than the request), and threads wait on the database while
-another thread of the same process signs; the token itself is serialized per process by
-``hsm.Token``'s lock and re-opened after fork. ``cert_reqs = CERT_REQUIRED`` with the operator CA
-as ``ca_certs``: a connection without a certificate from that CA never reaches the app.
+handshake per request would cost more than the request), and the worker holds every open
+connection in its poller while it serves one request at a time. One thread per worker by default:
+the work of a request is Python holding the GIL (SQLAlchemy, Flask, building the certificate), so
+a second thread in the same process mostly waits for the GIL and, while it waits, holds its request
+inside the app; measured with ``bench.ra`` on 2 cores, 2 workers x 1 thread served as many
+applications per second as 2 x 2 or 2 x 4 with a much lower p99 (docs/performance.md). Scale with
+``--workers``; ``--threads`` is there for a database far enough away that its round trips
+dominate. The token is serialized per process by ``hsm.Token``'s lock and re-opened after fork.
+``cert_reqs = CERT_REQUIRED`` with the operator CA as ``ca_certs``: a connection without a
+certificate from that CA never reaches the app.
 
 /metrics sums every worker (prometheus_client's multiprocess mode): the workers share
 ``$KAKUIN_HOME/ra/metrics/<port>/``, emptied by the master when it starts (``gunicorn_conf``).
@@ -19,6 +25,8 @@ from pathlib import Path
 from ca.service import CAContext
 from registration.credentials import ServerFiles
 from registration.gunicorn_conf import MULTIPROC_ENV
+
+DEFAULT_THREADS = 1
 
 
 def metrics_directory(ctx: CAContext, port: int) -> Path:
@@ -35,7 +43,7 @@ def gunicorn_argv(
     host: str | None = None,
     port: int | None = None,
     workers: int | None = None,
-    threads: int = 4,
+    threads: int = DEFAULT_THREADS,
 ) -> list[str]:
     service = ctx.settings.services["ra"]
     source = ctx.settings.source

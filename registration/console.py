@@ -51,6 +51,7 @@ CSP = (
 # against the resident's documents; a CA operator's second review does not need them.
 PERSONAL = frozenset({"name", "name_substitutes", "sex", "birth_date", "address", "address_substitutes"})
 OFFICE_ROLES = frozenset({"clerk", "reviewer"})
+PAGE = 50  # rows per page of the queue and of the certificate list
 # Fields of the new-application form per profile (the profile's applicant items).
 PROFILE_FIELDS: dict[str, tuple[str, ...]] = {
     "jpki-sign": (
@@ -273,20 +274,33 @@ bp.add_app_template_filter(stamp, "stamp")
 @bp.get("/")
 def queue() -> Response:
     """What waits for me: the office's new applications for its reviewer, first-approved ones
-    for CA operators; a clerk sees the office's recent work. Oldest first."""
+    for CA operators, oldest first, a page at a time with the true total; a clerk sees the
+    office's applications, newest first."""
     account = caller().require("clerk", "reviewer", "operator")
-    state = {"reviewer": "submitted", "operator": "first_approved"}.get(account.role)
-    query = {"limit": "500"}
-    if state:
-        query["state"] = state
-    records, _more = service().applications(caller(), query)
-    if state:
-        records = sorted(records, key=lambda r: r.id)
+    next_link = None
+    if account.role in ("reviewer", "operator"):
+        records, after, waiting = service().queue(caller(), request.args.get("after"))
+        state = "submitted" if account.role == "reviewer" else "first_approved"
+        counts = {state: waiting}
+        if after is not None:
+            next_link = url_for("console.queue", after=after)
+    else:
+        query = {"limit": str(PAGE)}
+        if request.args.get("before"):
+            query["before"] = request.args["before"]
+        records, before = service().applications(caller(), query)
+        counts = service().store.state_counts(account.office_id)
+        if before is not None:
+            next_link = url_for("console.queue", before=before)
     names = service().store.names_of({r.submitted_by for r in records})
-    counts: dict[str, int] = {}
-    for record in records:
-        counts[record.state] = counts.get(record.state, 0) + 1
-    return page("queue.html", records=records, names=names, counts=counts, waiting=bool(state))
+    return page(
+        "queue.html",
+        records=records,
+        names=names,
+        counts=counts,
+        waiting=account.role != "clerk",
+        next_link=next_link,
+    )
 
 
 def show_application(
@@ -409,36 +423,53 @@ def new_application() -> BaseResponse:
 @bp.get("/certificates")
 def certificates() -> Response:
     """Certificates of issued applications this person may see, filtered by serial, office,
-    profile and state (the service decides which offices are visible)."""
+    profile and state (the service decides which offices are visible). A serial is looked up by
+    index; without one, the newest issued applications a page at a time."""
     caller().require("clerk", "reviewer", "operator")
-    serial = request.args.get("serial", "").strip().lower().replace(":", "")
+    serial = request.args.get("serial", "").strip()
     office = request.args.get("office", "").strip()
     profile = request.args.get("profile", "").strip()
     state = request.args.get("state", "").strip()
-    query = {"state": "issued", "limit": "500"}
-    if office:
-        query["office"] = office
-    if profile:
-        query["profile"] = profile
-    records, _more = service().applications(caller(), query)
-    rows = []
-    for app in records:
-        if not app.certificate_authority or not app.certificate_serial:
-            continue
-        if serial and serial.lstrip("0") not in app.certificate_serial:
-            continue
-        record, _app = service().certificate(caller(), app.certificate_authority, app.certificate_serial)
-        if state and record.status != state:
-            continue
-        rows.append((record, app))
+    next_link = None
+    if serial:
+        found = service().find_certificates(caller(), serial)
+        rows = [
+            (record, app)
+            for record, app in found
+            if (not office or app.office_code == office) and (not profile or app.profile == profile)
+        ]
+    else:
+        query = {"state": "issued", "limit": str(PAGE)}
+        if office:
+            query["office"] = office
+        if profile:
+            query["profile"] = profile
+        if request.args.get("before"):
+            query["before"] = request.args["before"]
+        records, before = service().applications(caller(), query)
+        rows = []
+        for app in records:
+            if app.certificate_authority and app.certificate_serial:
+                record, _app = service().certificate(
+                    caller(), app.certificate_authority, app.certificate_serial
+                )
+                rows.append((record, app))
+        if before is not None:
+            args: dict[str, Any] = {
+                k: v for k, v in (("office", office), ("profile", profile), ("state", state)) if v
+            }
+            next_link = url_for("console.certificates", before=before, **args)
+    if state:
+        rows = [(record, app) for record, app in rows if record.status == state]
     return page(
         "certificates.html",
         rows=rows,
-        serial=request.args.get("serial", ""),
+        serial=serial,
         office=office,
         profile=profile,
         state=state,
         profiles=profiles_for_form(),
+        next_link=next_link,
     )
 
 

@@ -27,6 +27,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "queue.count": ("件", "items"),
     "queue.empty": ("審査待ちの申請はありません。", "Nothing is waiting for your review."),
     "queue.oldest_first": ("古い順", "oldest first"),
+    "page.next": ("次のページ", "Next page"),
     "col.id": ("番号", "No."),
     "col.office": ("窓口", "Office"),
     "col.profile": ("種別", "Profile"),
@@ -135,6 +136,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "One person cannot give both reviews.",
     ),
     "error.required": ("必須項目です。", "This field is required."),
+    "error.serial": (
+        "シリアル番号は16進数で入力してください。",
+        "Enter the serial number in hexadecimal digits.",
+    ),
     "error.rejected_final": (
         "この申請は却下済みです。却下は取り消せません。",
         "This application was rejected; a rejection is final.",
@@ -150,6 +155,7 @@ DETAILS: dict[str, str] = {
     "nobody reviews an application they submitted": "error.self_review",
     "one person cannot give both reviews": "error.both_reviews",
     "this field is required": "error.required",
+    "expected the hexadecimal digits of a serial number": "error.serial",
 }
 
 FIELDS: dict[str, tuple[str, str]] = {

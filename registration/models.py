@@ -55,6 +55,8 @@ class Application(Base):
     __table_args__ = (
         Index("ix_ra_applications_office_state", "office_id", "state"),
         Index("ix_ra_applications_resident", "resident_key"),
+        Index("ix_ra_applications_certificate", "certificate_serial"),
+        Index("ix_ra_applications_state_id", "state", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigID, primary_key=True, autoincrement=True)

@@ -275,6 +275,41 @@ class RegistrationService:
         self.store.mark_collected(app, account)
         return record.der
 
+    def queue(
+        self, caller: Caller, after: str | None, limit: int = 50
+    ) -> tuple[list[ApplicationRecord], int | None, int]:
+        """What waits for this person's review, oldest first: the office's submissions for its
+        reviewer, first-approved applications of every office for CA operators. A page, the id
+        to continue after (None on the last page) and how many wait in all."""
+        account = caller.require("reviewer", "operator")
+        state = "submitted" if account.role == "reviewer" else "first_approved"
+        office_id = account.office_id if account.role == "reviewer" else None
+        after_id = _int(after, "after", None, 1, 2**62)
+        records = self.store.queue(state=state, office_id=office_id, after_id=after_id, limit=limit + 1)
+        more = len(records) > limit
+        records = records[:limit]
+        waiting = self.store.state_counts(office_id).get(state, 0)
+        return records, (records[-1].id if more and records else None), waiting
+
+    def find_certificates(
+        self, caller: Caller, serial: str, limit: int = 50
+    ) -> list[tuple[CertificateRecord, ApplicationRecord]]:
+        """Certificates whose serial starts with the given hex digits (colons and leading zeros
+        as people copy them from `openssl x509 -serial` are fine), of the caller's office or, for
+        an operator, of any office: looked up by index, however many certificates there are."""
+        account = caller.require("clerk", "reviewer", "operator")
+        digits = serial.strip().lower().replace(":", "").replace(" ", "").removeprefix("0x").lstrip("0")
+        if not digits or len(digits) > 40 or any(ch not in "0123456789abcdef" for ch in digits):
+            raise BadRequest("expected the hexadecimal digits of a serial number", field="serial")
+        office_id = None if account.role == "operator" else account.office_id
+        found = []
+        for app in self.store.applications_by_serial(digits, office_id=office_id, limit=limit):
+            if app.certificate_authority and app.certificate_serial:
+                found.append(
+                    (self.ctx.store.certificate(app.certificate_authority, app.certificate_serial), app)
+                )
+        return found
+
     # -- certificates -------------------------------------------------------------------------
 
     def certificate(

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, bindparam, delete, insert, select, update
+from sqlalchemy import Table, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine, RowMapping
 from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -600,6 +600,43 @@ class RegistrationStore:
                     {"application": app.id, "office": app.office_code},
                 )
 
+    def queue(
+        self, *, state: str, office_id: int | None, after_id: int | None, limit: int
+    ) -> list[ApplicationRecord]:
+        """Applications in ``state``, oldest first, after ``after_id``: a review queue, read page
+        by page through the (office, state) or (state, id) index."""
+        conditions = [applications_t.c.state == state]
+        if office_id is not None:
+            conditions.append(applications_t.c.office_id == office_id)
+        if after_id is not None:
+            conditions.append(applications_t.c.id > after_id)
+        query = _APPLICATION_QUERY.where(and_(*conditions)).order_by(applications_t.c.id).limit(limit)
+        with self._connect() as conn:
+            return [_application(m) for m in conn.execute(query).mappings()]
+
+    def state_counts(self, office_id: int | None) -> dict[str, int]:
+        """Applications per state, of one office or of all: the true totals a queue page shows."""
+        query = select(applications_t.c.state, func.count()).group_by(applications_t.c.state)
+        if office_id is not None:
+            query = query.where(applications_t.c.office_id == office_id)
+        with self._connect() as conn:
+            return {state: int(count) for state, count in conn.execute(query)}
+
+    def applications_by_serial(
+        self, prefix: str, *, office_id: int | None, limit: int
+    ) -> list[ApplicationRecord]:
+        """Applications whose certificate serial starts with ``prefix`` (normalized lower-case
+        hex), newest first: a range on the serial index, not a scan of every application."""
+        conditions = [
+            applications_t.c.certificate_serial >= prefix,
+            applications_t.c.certificate_serial < prefix + "g",  # "g" sorts after every hex digit
+        ]
+        if office_id is not None:
+            conditions.append(applications_t.c.office_id == office_id)
+        query = _APPLICATION_QUERY.where(and_(*conditions)).order_by(applications_t.c.id.desc()).limit(limit)
+        with self._connect() as conn:
+            return [_application(m) for m in conn.execute(query).mappings()]
+
     def application_of_certificate(self, authority: str, serial: str) -> ApplicationRecord | None:
         with self._connect() as conn:
             row = (
@@ -618,7 +655,6 @@ class RegistrationStore:
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Rows per state of each table, for /metrics (true across every worker process)."""
-        from sqlalchemy import func
 
         out: dict[str, dict[str, int]] = {}
         with self._connect() as conn:

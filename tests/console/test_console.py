@@ -315,3 +315,55 @@ def test_resident_application_field_errors_and_personal_data(
     assert str(applicant["name"]) not in shown and str(applicant["address"]) not in shown
     assert "窓口の職員のみに表示" in shown
     assert "13101" in operator.inner_text("#applicant")  # non-personal items remain
+
+
+def test_queue_and_certificates_page_through_everything(
+    ra: RA, people: People, open_as: Any, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    """More than a page: the reviewer's queue starts with the oldest application and says how
+    many wait in all, the next page has the rest; a serial is found however old its certificate
+    is, and only by its own office."""
+    code = ra.office(f"paging-{uuid.uuid4().hex[:4]}")
+    clerk = ra.account(f"clerk-{code}", "clerk", code)
+    reviewer = ra.account(f"reviewer-{code}", "reviewer", code)
+
+    serials = []
+    for _ in range(51):  # one more than a page of issued certificates
+        app_id = clerk.post("/v1/applications", submission("lgpki-post", rsa_key)).json()["id"]
+        assert reviewer.post(f"/v1/applications/{app_id}/reviews", {"decision": "approve"}).status_code == 200
+        issued = people.operator.post(f"/v1/applications/{app_id}/reviews", {"decision": "approve"}).json()
+        serials.append(issued["certificate"]["serial"])
+    waiting = [
+        clerk.post("/v1/applications", submission("lgpki-post", rsa_key)).json()["id"] for _ in range(53)
+    ]
+
+    page = open_as(reviewer)
+    page.goto(reviewer.base + "/console/")
+    first = [int(x) for x in re.findall(r"#(\d+)", page.inner_text("#queue tbody"))]
+    assert first == waiting[:50]  # oldest first, one page
+    assert re.search(r"受付済[^:]*:\s*53\b", page.inner_text("#counts")), page.inner_text("#counts")
+    page.click("#next-page")
+    rest = [int(x) for x in re.findall(r"#(\d+)", page.inner_text("#queue tbody"))]
+    assert rest == waiting[50:] and page.locator("#next-page").count() == 0
+
+    office_clerk = open_as(clerk)
+    office_clerk.goto(clerk.base + "/console/certificates")
+    listed = office_clerk.inner_text("#certificates tbody")
+    assert office_clerk.locator("#certificates tbody tr").count() == 50 and serials[0] not in listed
+    office_clerk.click("#next-page")
+    assert serials[0] in office_clerk.inner_text("#certificates tbody")
+    # The oldest certificate by serial, typed as `openssl x509 -serial` prints it (upper case).
+    office_clerk.fill("#s-serial", serials[0][:12].upper())
+    office_clerk.click("#search button[type=submit]")
+    assert office_clerk.locator("#certificates tbody tr").count() == 1
+    assert serials[0] in office_clerk.inner_text("#certificates tbody")
+    # Another office's clerk searching the same serial finds nothing.
+    other = open_as(people.b.clerk)
+    other.goto(people.b.clerk.base + f"/console/certificates?serial={serials[0]}")
+    assert other.locator("#certificates").count() == 0 and "該当する証明書はありません" in other.inner_text(
+        "main"
+    )
+    # Digits that are no serial are a clear message, not a server error.
+    response = other.goto(people.b.clerk.base + "/console/certificates?serial=xyz")
+    assert response is not None and response.status == 400
+    assert "シリアル番号は16進数で入力してください。" in other.inner_text("main")

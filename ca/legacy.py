@@ -18,8 +18,10 @@ The rules, in the order they protect relying parties:
 The old CA's private key stays where it is unless the operator has put it into the token with the
 token's own import tool (SoftHSM2: ``softhsm2-util --import``; a network HSM: its key-unwrap
 ceremony) and names it with ``key_label``: then Kakuin signs that authority's CRLs and OCSP
-answers itself. Without it the records are imported all the same, every status is answerable
-from the store, and signing for that authority fails with a message naming the missing key.
+answers itself. Without it the records are imported all the same and signing for that authority
+fails with a message naming the missing key; Kakuin then serves the old CA's own latest CRL
+(``crl.imported``) and answers OCSP through a responder certificate the old CA signs
+(``ocsp.external``); a re-import may only bring a newer CRL (``_check_newer``).
 """
 
 from __future__ import annotations
@@ -345,6 +347,8 @@ def plan_import(
     crl_entries: dict[str, CRLEntry] = {}
     if crl_data is not None:
         plan.crl, crl_entries = read_crl(crl_data, ca_certificate)
+        if existing is not None and generations[-1].key_label.startswith(EXTERNAL_PREFIX):
+            _check_newer(store, authority, plan.crl)
     this_update = plan.crl.last_update_utc if plan.crl is not None else None
 
     for serial, entry in sorted(source.items()):
@@ -388,6 +392,33 @@ def plan_import(
         if len(plan.new_rows) > before:
             plan.stubs += 1
     return plan
+
+
+def _crl_number(crl: x509.CertificateRevocationList) -> int | None:
+    try:
+        return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _check_newer(store: LifecycleStore, authority: str, crl: x509.CertificateRevocationList) -> None:
+    """Kakuin serves the newest imported CRL of an authority whose key is outside the token: a
+    re-run may only bring the same CRL or a newer one (higher number, later thisUpdate)."""
+    previous = [r for r in store.legacy_imports(authority) if r["crl_der"] is not None]
+    if not previous or bytes(previous[-1]["crl_der"]) == crl.public_bytes(Encoding.DER):
+        return
+    held = x509.load_der_x509_crl(bytes(previous[-1]["crl_der"]))
+    number, held_number = _crl_number(crl), _crl_number(held)
+    newer = crl.last_update_utc > held.last_update_utc and (
+        number is None or held_number is None or number > held_number
+    )
+    if not newer:
+        raise BadRequest(
+            f"the CRL (number {number}, thisUpdate {crl.last_update_utc:%Y-%m-%d %H:%M:%S}Z) is not newer "
+            f"than the one {authority} holds (number {held_number}, "
+            f"thisUpdate {held.last_update_utc:%Y-%m-%d %H:%M:%S}Z); nothing was imported",
+            field="crl",
+        )
 
 
 def _is_ca(certificate: x509.Certificate) -> bool:

@@ -313,6 +313,43 @@ class LifecycleStore(Store):
             )
         return self.authority(authority_name)
 
+    def record_external_certificate(
+        self, authority: str, key_generation_id: int, row: dict[str, Any], actor: str, action: str
+    ) -> int:
+        """Record a certificate an external CA key signed (a legacy CA's delegated OCSP responder
+        certificate) as a certificate of ``authority``, with its audit event, in one transaction;
+        returns its row id. The same certificate recorded already (by an earlier run, or a
+        later ``import-legacy`` of the old CA's index) is reused; another certificate with its
+        serial is a conflict."""
+        with self._begin() as conn:
+            authority_id = int(
+                conn.execute(select(authorities_t.c.id).where(authorities_t.c.name == authority)).scalar_one()
+            )
+            held = conn.execute(
+                select(certs_t.c.id, certs_t.c.der).where(
+                    and_(certs_t.c.authority_id == authority_id, certs_t.c.serial == row["serial"])
+                )
+            ).first()
+            if held is not None:
+                if held.der is None or bytes(held.der) != row["der"]:
+                    raise Conflict(
+                        f"{authority} already holds another certificate with serial {row['serial']}",
+                        field="certificate",
+                    )
+                return int(held.id)
+            result = conn.execute(
+                insert(certs_t).values(
+                    authority_id=authority_id,
+                    key_generation_id=key_generation_id,
+                    created_at=utcnow(),
+                    **row,
+                )
+            )
+            self._audit(
+                conn, actor, action, authority, row["serial"], {"not_after": row["not_after"].isoformat()}
+            )
+            return int(result.inserted_primary_key[0])
+
     def legacy_imports(self, authority: str) -> list[dict[str, Any]]:
         with self._connect() as conn:
             rows = conn.execute(

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from dataclasses import replace
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import click
@@ -15,9 +17,12 @@ from ca import crosscert, legacy, rollover, termination
 from ca.errors import BadRequest
 from ca.lifecycle_store import LifecycleStore
 from ca.service import CAContext
+from ca.store import AuthorityRecord
 from ca.timeutil import utcnow
 from kakuin import services
 from kakuin.common import State, actor, fail, pass_state, reports_errors
+
+log = logging.getLogger("kakuin.lifecycle")
 
 
 def lifecycle_store(ctx: CAContext) -> LifecycleStore:
@@ -315,6 +320,8 @@ def keep_status_served(ctx: CAContext, quiet: bool = True) -> list[str]:
         if last is None or last <= now or not generations:
             continue
         if generations[-1].key_label.startswith(legacy.EXTERNAL_PREFIX):
+            if record.state == "legacy":
+                done += serve_external(ctx, record, generations[-1].id, quiet)
             continue
         for action in ensure_authority_responders(
             ctx,
@@ -342,6 +349,54 @@ def keep_status_served(ctx: CAContext, quiet: bool = True) -> list[str]:
     if not quiet:
         for line in done:
             click.echo(line)
+    return done
+
+
+_WARNED: dict[str, datetime] = {}  # authority -> when the job last warned (once a day)
+WARN_EVERY = timedelta(days=1)
+
+
+def serve_external(ctx: CAContext, record: AuthorityRecord, key_generation_id: int, quiet: bool) -> list[str]:
+    """A legacy authority whose CA key is outside the token: serve the old CA's own latest
+    imported CRL at its complete-CRL URL, and say when its imported OCSP responder certificate
+    expires, warning (stderr and the log, at most once a day under ``kakuin up``) once it is due
+    for renewal by hand, as nothing can be signed for it here."""
+    from crl.config import load_crl_settings
+    from crl.imported import serve_imported_crl
+    from crl.paths import url
+    from crl.reader import COMPLETE
+    from crl.storer import CRLStore
+    from ocsp.external import external_responder_notices
+    from ocsp.settings import load_ocsp_settings
+
+    done: list[str] = []
+    imports = [r for r in lifecycle_store(ctx).legacy_imports(record.name) if r["crl_der"] is not None]
+    if imports:
+        served = serve_imported_crl(
+            CRLStore(ctx.engine),
+            load_crl_settings(ctx.settings),
+            record,
+            key_generation_id,
+            bytes(imports[-1]["crl_der"]),
+            actor="kakuin lifecycle",
+        )
+        if served is not None:
+            done.append(
+                f"CRL {url(ctx.settings.crl_base_url, record.name, COMPLETE, 'full')} #{served.number} "
+                f"(the old CA's own, {served.entries} entries)"
+            )
+    now = utcnow()
+    renew_fraction = load_ocsp_settings(ctx.settings).renew_fraction
+    for notice in external_responder_notices(ctx, record, renew_fraction, now):
+        if notice.level != "warning":
+            if not quiet:
+                click.echo(notice.message)
+            continue
+        log.warning("%s", notice.message)
+        last = _WARNED.get(record.name)
+        if not quiet or last is None or now - last >= WARN_EVERY:
+            _WARNED[record.name] = now
+            click.echo(f"kakuin: warning: {notice.message}", err=True)
     return done
 
 

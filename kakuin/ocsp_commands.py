@@ -1,6 +1,6 @@
 """The `kakuin` commands of the OCSP service, and its part of `kakuin up`.
 
-`kakuin ocsp presign | responder-cert | purge-log | log` and `kakuin serve ocsp`; `kakuin up` runs the
+`kakuin ocsp presign | responder-cert | responder-csr | responder-import | responders | purge-log | log` and `kakuin serve ocsp`; `kakuin up` runs the
 responder (granian by default, plus a gunicorn mTLS listener when ``[ocsp.tls]`` is set), the
 pre-signer on its schedule (which also renews responder certificates) and the query-log purge.
 """
@@ -134,6 +134,81 @@ def register(main: click.Group) -> None:
                 f"{action.label:<14} {action.action:<8} generation {action.generation} "
                 f"until {action.not_after:%Y-%m-%d %H:%M:%S}Z"
             )
+
+    @ocsp_group.command("responder-csr")
+    @click.option(
+        "--authority", "-a", required=True, help="A legacy authority whose CA key is outside the token."
+    )
+    @click.option("--out", type=click.Path(dir_okay=False), help="Write the CSR here (default: stdout).")
+    @pass_state
+    @reports_errors
+    def responder_csr_command(state: State, authority: str, out: str | None) -> None:
+        """Generate a responder key in the token and write its PKCS#10 request, for an authority
+        whose CA key is outside the token: have that CA sign it (id-kp-OCSPSigning,
+        ocsp-nocheck), then `kakuin ocsp responder-import`."""
+        from ocsp.external import responder_csr
+
+        ctx = state.ctx
+        label, pem = responder_csr(ctx, authority, _settings(ctx).responder_key, actor())
+        if out:
+            with open(out, "wb") as file:
+                file.write(pem)
+            click.echo(f"wrote the request of responder key {label} to {out}", err=True)
+        else:
+            sys.stdout.write(pem.decode("ascii"))
+
+    @ocsp_group.command("responder-import")
+    @click.option("--authority", "-a", required=True, help="The authority whose CA signed the certificate.")
+    @click.argument("certificate_file", metavar="FILE", type=click.Path(dir_okay=False))
+    @pass_state
+    @reports_errors
+    def responder_import_command(state: State, authority: str, certificate_file: str) -> None:
+        """Store a responder certificate the authority's (external) CA signed for the key of
+        `kakuin ocsp responder-csr`; it must verify with the CA certificate, carry
+        id-kp-OCSPSigning and be valid now."""
+        from ca.errors import BadRequest
+        from ocsp.external import import_responder
+
+        try:
+            with open(certificate_file, "rb") as file:
+                data = file.read()
+        except OSError as exc:
+            raise BadRequest(
+                f"cannot read {certificate_file} ({exc.strerror})", field="certificate"
+            ) from None
+        record = import_responder(state.ctx, authority, data, actor())
+        click.echo(
+            f"{authority:<14} imported generation {record.generation} "
+            f"until {record.not_after:%Y-%m-%d %H:%M:%S}Z (renew by hand before then)"
+        )
+
+    @ocsp_group.command("responders")
+    @pass_state
+    @reports_errors
+    def responders_command(state: State) -> None:
+        """Every authority's current responder certificates and when they expire; a warning for
+        those that cannot be renewed automatically (CA key outside the token) once they are due."""
+        from ocsp.external import external_responder_notices, is_external
+        from ocsp.responders import ResponderKeys
+
+        ctx = state.ctx
+        now = utcnow()
+        settings = _settings(ctx)
+        keys = ResponderKeys(ctx.engine)
+        for record in ctx.store.authorities():
+            for key in keys.all(record.id):
+                if key.state == "active" and key.not_after > now:
+                    source = "imported" if is_external(ctx, record) else "issued"
+                    click.echo(
+                        f"{record.name:<14} generation {key.generation} {source:<8} "
+                        f"until {key.not_after:%Y-%m-%d %H:%M:%S}Z"
+                    )
+            if record.state == "legacy" and is_external(ctx, record):
+                for notice in external_responder_notices(
+                    ctx, record, settings.renew_fraction, now, retire=False
+                ):
+                    if notice.level == "warning":
+                        click.echo(f"warning: {notice.message}", err=True)
 
     @ocsp_group.command("purge-log")
     @click.option(

@@ -394,13 +394,10 @@ def create_app(ctx: CAContext | None = None, config: str | None = None) -> Flask
 
         @wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Response:
-            refused = _check_key()
-            if refused is not None:
-                return refused
-            who = caller()
-            if who is None or who.account is None:
-                return _run(view, args, kwargs)
-            account_id, key, digest = who.account.id, request.headers["Idempotency-Key"], _digest()
+            keyed = _keyed(view, args, kwargs)
+            if isinstance(keyed, Response):
+                return keyed
+            account_id, key, digest = keyed
             try:
                 with store.transaction() as tx:
                     previous = store.idempotency_key(account_id, key)
@@ -423,6 +420,20 @@ def create_app(ctx: CAContext | None = None, config: str | None = None) -> Flask
             return response
 
         return wrapper
+
+    def _keyed(
+        view: Callable[..., Response], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Response | tuple[int, str, str]:
+        """What both Idempotency-Key wrappers start with: a refused key, or an unauthenticated
+        caller's answer (the view's own authentication refuses it), else (account id, key, digest
+        of the request)."""
+        refused = _check_key()
+        if refused is not None:
+            return refused
+        who = caller()
+        if who is None or who.account is None:
+            return _run(view, args, kwargs)
+        return who.account.id, request.headers["Idempotency-Key"], _digest()
 
     def _check_key() -> Response | None:
         key = request.headers.get("Idempotency-Key")
@@ -459,13 +470,10 @@ def create_app(ctx: CAContext | None = None, config: str | None = None) -> Flask
         def decorate(view: Callable[..., Response]) -> Callable[..., Response]:
             @wraps(view)
             def wrapper(*args: Any, **kwargs: Any) -> Response:
-                refused = _check_key()
-                if refused is not None:
-                    return refused
-                who = caller()
-                if who is None or who.account is None:
-                    return _run(view, args, kwargs)
-                account_id, key, digest = who.account.id, request.headers["Idempotency-Key"], _digest()
+                keyed = _keyed(view, args, kwargs)
+                if isinstance(keyed, Response):
+                    return keyed
+                account_id, key, digest = keyed
                 if not creates:
                     previous = store.idempotency_key(account_id, key)
                     if previous is not None:

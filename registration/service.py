@@ -298,9 +298,10 @@ class RegistrationService:
         as people copy them from `openssl x509 -serial` are fine), of the caller's office or, for
         an operator, of any office: looked up by index, however many certificates there are."""
         account = caller.require("clerk", "reviewer", "operator")
-        digits = serial.strip().lower().replace(":", "").replace(" ", "").removeprefix("0x").lstrip("0")
-        if not digits or len(digits) > 40 or any(ch not in "0123456789abcdef" for ch in digits):
-            raise BadRequest("expected the hexadecimal digits of a serial number", field="serial")
+        try:  # the leading digits of a serial are normalized as a whole serial is
+            digits = normalize_serial(serial.replace(" ", ""))
+        except ValueError:
+            raise BadRequest("expected the hexadecimal digits of a serial number", field="serial") from None
         office_id = None if account.role == "operator" else account.office_id
         found = []
         for app in self.store.applications_by_serial(digits, office_id=office_id, limit=limit):

@@ -207,8 +207,6 @@ def serve_new_generation(ctx: CAContext, name: str, generation: int) -> list[str
     schedule and the pre-signer of `kakuin up` would within a poll). One line each."""
     from crl.paths import split
     from crl.publisher import Publisher
-    from ocsp.responders import ensure_authority_responders
-    from ocsp.settings import load_ocsp_settings
 
     ctx.authorities.forget()
     lines = []
@@ -218,17 +216,30 @@ def serve_new_generation(ctx: CAContext, name: str, generation: int) -> list[str
             outcome = publisher.publish_full(name, scope)
             if outcome.record is not None:
                 lines.append(f"CRL {publisher.url(name, scope, 'full')} #{outcome.record.number}")
+    return lines + responder_lines(ctx, ctx.store.authority(name), actor())
+
+
+def responder_lines(
+    ctx: CAContext, record: AuthorityRecord, by: str, now: datetime | None = None
+) -> list[str]:
+    """Issue or renew the authority's delegated OCSP responders where due; one line for each."""
+    from ocsp.responders import ensure_authority_responders
+    from ocsp.settings import load_ocsp_settings
+
     settings = load_ocsp_settings(ctx.settings)
-    for action in ensure_authority_responders(
+    actions = ensure_authority_responders(
         ctx,
-        ctx.store.authority(name),
+        record,
         key_spec=settings.responder_key,
         renew_fraction=settings.renew_fraction,
-        actor=actor(),
-    ):
-        if action.action in ("issued", "renewed"):
-            lines.append(f"OCSP responder g{action.generation} for {action.label}")
-    return lines
+        actor=by,
+        now=now,
+    )
+    return [
+        f"OCSP responder g{a.generation} for {a.label} until {a.not_after:%Y-%m-%d}"
+        for a in actions
+        if a.action in ("issued", "renewed")
+    ]
 
 
 @click.command("links")
@@ -304,14 +315,11 @@ def keep_status_served(ctx: CAContext, quiet: bool = True) -> list[str]:
     from crl.config import load_crl_settings
     from crl.publisher import Publisher
     from crl.reader import COMPLETE
-    from ocsp.responders import ensure_authority_responders
-    from ocsp.settings import load_ocsp_settings
 
     now = utcnow()
     store = lifecycle_store(ctx)
     done: list[str] = []
     crl_settings = load_crl_settings(ctx.settings)
-    ocsp_settings = load_ocsp_settings(ctx.settings)
     for record in store.authorities():
         if record.state not in ("legacy", "terminated"):
             continue
@@ -323,18 +331,7 @@ def keep_status_served(ctx: CAContext, quiet: bool = True) -> list[str]:
             if record.state == "legacy":
                 done += serve_external(ctx, record, generations[-1].id, quiet)
             continue
-        for action in ensure_authority_responders(
-            ctx,
-            record,
-            key_spec=ocsp_settings.responder_key,
-            renew_fraction=ocsp_settings.renew_fraction,
-            actor="kakuin lifecycle",
-            now=now,
-        ):
-            if action.action in ("issued", "renewed"):
-                done.append(
-                    f"OCSP responder g{action.generation} for {action.label} until {action.not_after:%Y-%m-%d}"
-                )
+        done += responder_lines(ctx, record, "kakuin lifecycle", now)
         if record.state == "legacy":
             publisher = Publisher(ctx, crl_settings, actor="kakuin lifecycle")
             latest = publisher.store.latest(record.id, COMPLETE, "full")

@@ -403,15 +403,18 @@ def _crl_number(crl: x509.CertificateRevocationList) -> int | None:
 
 def _check_newer(store: LifecycleStore, authority: str, crl: x509.CertificateRevocationList) -> None:
     """Kakuin serves the newest imported CRL of an authority whose key is outside the token: a
-    re-run may only bring the same CRL or a newer one (higher number, later thisUpdate)."""
+    re-run may only bring the same CRL or a newer one (a higher number, thisUpdate no earlier)."""
     previous = [r for r in store.legacy_imports(authority) if r["crl_der"] is not None]
     if not previous or bytes(previous[-1]["crl_der"]) == crl.public_bytes(Encoding.DER):
         return
     held = x509.load_der_x509_crl(bytes(previous[-1]["crl_der"]))
     number, held_number = _crl_number(crl), _crl_number(held)
-    newer = crl.last_update_utc > held.last_update_utc and (
-        number is None or held_number is None or number > held_number
-    )
+    if number is not None and held_number is not None:
+        # The cRLNumber orders CRLs (RFC 5280 §5.2.3); thisUpdate has one-second resolution, so
+        # two CRLs of one second (openssl ca makes them) are told apart by their numbers.
+        newer = number > held_number and crl.last_update_utc >= held.last_update_utc
+    else:
+        newer = crl.last_update_utc > held.last_update_utc
     if not newer:
         raise BadRequest(
             f"the CRL (number {number}, thisUpdate {crl.last_update_utc:%Y-%m-%d %H:%M:%S}Z) is not newer "

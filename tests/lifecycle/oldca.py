@@ -125,8 +125,10 @@ class OldCA:
             path = self.dir / "newcerts" / f"0{certificate.serial_number:X}.pem"
         _run("ca", "-config", self.conf, "-revoke", str(path), *reason, cwd=self.dir)
 
-    def gencrl(self) -> x509.CertificateRevocationList:
-        _run("ca", "-gencrl", "-config", self.conf, "-out", str(self.crl), cwd=self.dir)
+    def gencrl(self, last_update: str | None = None) -> x509.CertificateRevocationList:
+        """A new CRL (the next cRLNumber); ``last_update`` (YYYYMMDDHHMMSSZ) fixes its thisUpdate."""
+        fixed = ("-crl_lastupdate", last_update) if last_update else ()
+        _run("ca", "-gencrl", "-config", self.conf, *fixed, "-out", str(self.crl), cwd=self.dir)
         return x509.load_pem_x509_crl(self.crl.read_bytes())
 
 

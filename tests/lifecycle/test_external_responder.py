@@ -298,11 +298,14 @@ def test_the_old_cas_own_crl_is_served_and_replaced_only_by_a_newer_one(
     ):
         assert verdict in _verify(world, world.leaves[name], pem_crl), name
 
-    # The old CA revokes one more and makes a newer CRL; a re-import serves that one.
+    # The old CA revokes one more and makes a newer CRL in the same second as the first (its
+    # cRLNumber, not thisUpdate, tells them apart); a re-import serves that one.
     first = world.dir / "first-crl.pem"
     first.write_bytes(world.old.crl.read_bytes())
+    held = x509.load_pem_x509_crl(first.read_bytes())
     world.old.revoke(world.leaves["later"], "-crl_reason", "superseded")
-    newer = world.old.gencrl()
+    newer = world.old.gencrl(held.last_update_utc.strftime("%Y%m%d%H%M%SZ"))
+    assert newer.last_update_utc == held.last_update_utc
     result = world.import_legacy(world.old.crl)
     assert result.exit_code == 0, result.output
     assert f"/crl/{NAME}.crl #4097 (the old CA's own, 3 entries)" in result.stdout

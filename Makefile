@@ -8,11 +8,13 @@ BIN := $(VENV)/bin
 DEBIAN_PACKAGES := softhsm2 openssl postgresql wrk opensc chromium fonts-noto-cjk
 export KAKUIN_HOME ?= $(CURDIR)/var
 
-.PHONY: help run test lint typecheck unit bench screenshots debian-packages venv clean
+.PHONY: help run test test-latest lock lint typecheck unit bench screenshots debian-packages venv clean
 
 help:
 	@echo "make run    install what is missing, initialize on first run, serve Kakuin on 127.0.0.1"
 	@echo "make test   install what is missing, then ruff, mypy, import rules and the whole pytest suite"
+	@echo "make test-latest  the pytest suite in .venv-latest against the newest releases of every dependency"
+	@echo "make lock   re-resolve requirements/*.txt to today's newest releases (a deliberate upgrade)"
 	@echo "make bench  run the benchmarks (prints tables; see docs/performance.md), about 20 minutes"
 	@echo "make screenshots  re-take the console screenshots in docs/console"
 
@@ -27,10 +29,18 @@ debian-packages:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-$(BIN)/.installed: pyproject.toml
+# Python dependencies come from lock files with hashes (made by uv, installed by pip --require-hashes),
+# never "whatever is newest today"; Kakuin itself goes in editable, without touching its dependencies.
+LOCK := requirements/lock.txt
+BUILD_LOCK := requirements/build.txt
+UV_COMPILE = $(BIN)/uv pip compile --quiet --generate-hashes --universal --python-version 3.11
+
+$(BIN)/.installed: $(LOCK) $(BUILD_LOCK) pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check --require-hashes -r $(BUILD_LOCK)
+	$(BIN)/python -m pip install -q --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
 	@touch $@
 
 venv: debian-packages $(BIN)/.installed
@@ -51,6 +61,23 @@ unit: venv
 
 test: lint typecheck unit
 
+# The same suite against the newest release of every dependency, in a venv of its own, so that an
+# upgrade is tried on purpose; `make lock` then takes it.
+LATEST_VENV := .venv-latest
+test-latest: debian-packages
+	rm -rf $(LATEST_VENV)
+	$(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -m pip install -q --upgrade pip setuptools wheel
+	$(LATEST_VENV)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e '.[test]'
+	$(LATEST_VENV)/bin/python -m pip list --format=freeze > $(LATEST_VENV)/versions.txt
+	@echo "newest releases installed (listed in $(LATEST_VENV)/versions.txt)"
+	$(LATEST_VENV)/bin/pytest -q
+
+lock: $(BIN)/.installed
+	$(UV_COMPILE) --upgrade pyproject.toml --extra test -o $(LOCK)
+	$(UV_COMPILE) --upgrade requirements/build.in -o $(BUILD_LOCK)
+	@git diff --stat -- requirements/ || true
+
 # One command per benchmark; each prints its table with its peer measured in the same run.
 BENCHES ?= issuance crl ocsp ra
 bench: venv
@@ -61,4 +88,4 @@ screenshots: venv
 	KAKUIN_SCREENSHOTS=docs $(BIN)/pytest -q tests/console
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST_VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -111,9 +111,11 @@ def import_responder(
             f"the certificate's signature does not verify with {name}'s CA certificate", field="certificate"
         ) from None
     try:
-        usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        usages = list(certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
     except x509.ExtensionNotFound:
-        usages = x509.ExtendedKeyUsage([])
+        usages = []
+    except ValueError as exc:  # a malformed or duplicated extension: cryptography parses them lazily
+        raise BadRequest(f"the certificate's extensions cannot be parsed ({exc})", field="certificate") from None
     if ExtendedKeyUsageOID.OCSP_SIGNING not in usages:
         raise BadRequest(
             "the certificate does not carry extendedKeyUsage id-kp-OCSPSigning (RFC 6960 §4.2.2.2)",

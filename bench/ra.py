@@ -2,12 +2,13 @@
 review (issuance with the RSA-2048 JPKI signature CA key in SoftHSM2) and collection, with N
 concurrent clients over HTTPS with client certificates against gunicorn on loopback.
 
-    python -m bench.ra [--seconds 20] [--clients 4,16] [--workers 2] [--postgres] [--no-write]
+    python -m bench.ra [--seconds 20] [--clients 4,16] [--workers 2] [--databases D] [--write-docs]
 
 Peers measured in the same run: the same issuance called in-process with no HTTP and no workflow
 (`Issuer.issue`, the ceiling), and a GET /healthz loop over the same mutual-TLS connections (the
 cost of the HTTP layer alone). Bounded in time (each measurement stops after --seconds), loopback
-only. Writes its table into docs/performance.md under "## Registration API".
+only. Prints its table; with --write-docs it also replaces the "## Registration API" section of
+docs/performance.md (`make bench` does not: a benchmark run leaves the tree clean).
 """
 
 from __future__ import annotations
@@ -470,7 +471,11 @@ def main() -> None:
         default="sqlite,postgresql",
         help="sqlite (WAL, synchronous=FULL), postgresql (fsync on).",
     )
-    parser.add_argument("--no-write", action="store_true", help="Do not update docs/performance.md.")
+    parser.add_argument(
+        "--write-docs",
+        action="store_true",
+        help='Also replace the "## Registration API" section of docs/performance.md with this run.',
+    )
     args = parser.parse_args()
     client_counts = [int(c) for c in args.clients.split(",")]
     load_before = os.getloadavg()[0]
@@ -526,7 +531,7 @@ def main() -> None:
         ]
     )
     print(text)
-    if not args.no_write:
+    if args.write_docs:
         print(f"\nwritten to {write_section(text)}")
 
 

@@ -91,6 +91,9 @@ class Settings:
     source: str
     services: dict[str, ServiceSettings] = field(default_factory=dict)
     raw: Mapping[str, Any] = field(default_factory=dict)
+    # Where each urls.* value came from: a file, an environment variable, or "services.X (not
+    # set)" when it was derived from the service's host and port.
+    url_sources: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def is_sqlite(self) -> bool:
@@ -199,22 +202,17 @@ def load_settings(
         if not Path(value).is_file():
             raise ConfigError(key, src, f"file {value} does not exist")
 
-    crl_base, crl_src = _string(raw, env, "urls.crl", "KAKUIN_CRL_URL", "http://127.0.0.1:8082/crl", source)
-    ocsp_base, ocsp_src = _string(
-        raw, env, "urls.ocsp", "KAKUIN_OCSP_URL", "http://127.0.0.1:8081/ocsp", source
-    )
-    issuers_base, iss_src = _string(
-        raw, env, "urls.ca_issuers", "KAKUIN_CA_ISSUERS_URL", "http://127.0.0.1:8082/ca", source
-    )
-    for key, value, src in (
-        ("urls.crl", crl_base, crl_src),
-        ("urls.ocsp", ocsp_base, ocsp_src),
-        ("urls.ca_issuers", issuers_base, iss_src),
-    ):
+    services = _services(raw, env, source)
+    urls: dict[str, str] = {}
+    url_sources: dict[str, str] = {}
+    for key, env_name, service, path in _URL_SETTINGS:
+        explicit = bool(env.get(env_name)) or _get(raw, key) is not None
+        value, src = _string(raw, env, key, env_name, _service_url(services[service], path), source)
         if not value.startswith(("http://", "https://")):
             raise ConfigError(key, src, f"expected an http:// or https:// URL, got {value!r}")
+        urls[key] = value.rstrip("/")
+        url_sources[key] = src if explicit else f"services.{service} (not set)"
 
-    services = _services(raw, env, source)
     return Settings(
         home=home,
         database_url=database_url,
@@ -225,13 +223,31 @@ def load_settings(
         softhsm_conf=softhsm_conf,
         hierarchy_file=Path(hierarchy),
         profiles_file=Path(profiles),
-        crl_base_url=crl_base.rstrip("/"),
-        ocsp_base_url=ocsp_base.rstrip("/"),
-        ca_issuers_base_url=issuers_base.rstrip("/"),
+        crl_base_url=urls["urls.crl"],
+        ocsp_base_url=urls["urls.ocsp"],
+        ca_issuers_base_url=urls["urls.ca_issuers"],
         source=source,
         services=services,
         raw=raw,
+        url_sources=url_sources,
     )
+
+
+# Certificates carry these URLs for ever. Unset, each follows the service that answers it (the
+# CRL responder also serves the CA certificates), so moving a service's port is one setting.
+_URL_SETTINGS = (
+    ("urls.crl", "KAKUIN_CRL_URL", "crl", "/crl"),
+    ("urls.ocsp", "KAKUIN_OCSP_URL", "ocsp", "/ocsp"),
+    ("urls.ca_issuers", "KAKUIN_CA_ISSUERS_URL", "crl", "/ca"),
+)
+
+
+def _service_url(service: ServiceSettings, path: str) -> str:
+    """``http://host:port/path`` for where ``service`` listens; a wildcard bind becomes loopback."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(service.host, service.host)
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{service.port}{path}"
 
 
 _SERVICE_DEFAULTS = {"ra": 8443, "ocsp": 8081, "crl": 8082}

@@ -27,6 +27,7 @@ from ca.service import CAContext
 from hsm.softhsm import ensure_pin_file, init_token, token_exists
 from kakuin import crl_commands, lifecycle_commands, ocsp_commands, ra_commands
 from kakuin.common import State, actor, fail, pass_state, reports_errors
+from kakuin.urls import warn_about_urls
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -106,6 +107,7 @@ def _initialize(state: State) -> list[str]:
 @reports_errors
 def init(state: State) -> None:
     """Create the token, the database and the default hierarchy; safe to run again."""
+    warn_about_urls(state.ctx)  # the CA certificates made now carry the URLs
     created = _initialize(state)
     click.echo(f"created authorities: {', '.join(created)}" if created else "already initialized")
 
@@ -115,6 +117,7 @@ def init(state: State) -> None:
 @reports_errors
 def up(state: State) -> None:
     """Initialize on first run, then serve every service on loopback (Ctrl-C stops them)."""
+    warn_about_urls(state.ctx)  # before the first run's CA certificates carry the URLs
     created = _initialize(state)
     ctx = state.ctx
     if created:
@@ -291,6 +294,7 @@ def issue(
 ) -> None:
     """Issue one certificate (PEM on stdout), or many with --batch."""
     ctx = state.ctx
+    warn_about_urls(ctx)
     if batch:
         if profile or csr or applicant:
             fail("--batch takes its profile, CSR and applicant data from the file; drop the other options", 2)

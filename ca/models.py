@@ -138,10 +138,17 @@ class Revocation(Base):
 
 
 class AuditEvent(Base):
-    """Who did what, when. ``detail`` is JSON without personal data in plain text."""
+    """Who did what, when. ``detail`` is JSON without personal data in plain text.
+
+    Inserted unsealed (``seq`` NULL) so the hot path stays one plain INSERT; the sealer
+    (``ca.audit_chain``) later gives each committed event its place in the hash chain: ``seq``,
+    ``sealed_at``, ``prev_hash`` and ``hash`` (docs/audit.md)."""
 
     __tablename__ = "audit_events"
-    __table_args__ = (Index("ix_audit_events_at", "at"),)
+    __table_args__ = (
+        Index("ix_audit_events_at", "at"),
+        Index("ux_audit_events_seq", "seq", unique=True),
+    )
 
     id: Mapped[int] = mapped_column(BigID, primary_key=True, autoincrement=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -150,6 +157,38 @@ class AuditEvent(Base):
     authority: Mapped[str | None] = mapped_column(String(64))
     serial: Mapped[str | None] = mapped_column(String(40))
     detail: Mapped[str] = mapped_column(Text, default="{}")
+    seq: Mapped[int | None] = mapped_column(BigInteger)
+    sealed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    prev_hash: Mapped[str | None] = mapped_column(String(64))
+    hash: Mapped[str | None] = mapped_column(String(64))
+
+
+class AuditChainHead(Base):
+    """One row: the newest sealed event (seq and hash). Sealers update it first, so it is also
+    the lock that serializes them (a row lock on PostgreSQL, the write lock on SQLite)."""
+
+    __tablename__ = "audit_chain_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))
+    sealed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class AuditCheckpoint(Base):
+    """The chain head signed by the audit key in the token; also appended to
+    ``$KAKUIN_HOME/audit/checkpoints.jsonl`` so a database whose tail was cut is caught."""
+
+    __tablename__ = "audit_checkpoints"
+    __table_args__ = (Index("ix_audit_checkpoints_seq", "seq"),)
+
+    id: Mapped[int] = mapped_column(BigID, primary_key=True, autoincrement=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    head_hash: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    key_id: Mapped[str] = mapped_column(String(64))  # SHA-256 of the key's SubjectPublicKeyInfo, hex
+    reason: Mapped[str] = mapped_column(String(128))
+    signature: Mapped[bytes] = mapped_column(LargeBinary)  # ECDSA, DER, over the canonical bytes
 
 
 class Verifier(Base):

@@ -135,6 +135,7 @@ class AuditRecord:
     authority: str | None
     serial: str | None
     detail: dict[str, Any]
+    seq: int | None = None  # its place in the audit chain; None until the sealer links it
 
 
 @dataclass(frozen=True)
@@ -357,6 +358,7 @@ class StoreReader:
                     authority=m["authority"],
                     serial=m["serial"],
                     detail=json.loads(m["detail"]),
+                    seq=m["seq"],
                 )
                 for m in (r._mapping for r in conn.execute(query))
             ]

@@ -304,7 +304,7 @@ def _services(raw: Mapping[str, Any], env: Mapping[str, str], source: str) -> di
     return services
 
 
-_KNOWN_TOP = {"home", "database", "token", "ca", "urls", "services", "crl", "ocsp", "registration"}
+_KNOWN_TOP = {"home", "database", "token", "ca", "urls", "services", "crl", "ocsp", "registration", "audit"}
 _KNOWN_SUB = {
     "database": {"url"},
     "token": {"module", "label", "pin_env", "pin_file", "so_pin_file", "softhsm_conf"},

@@ -41,6 +41,7 @@ from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from ca.audit_checkpoints import audit_log
 from ca.authorities import LoadedAuthority
 from ca.errors import NotFound
 from ca.revocation import REMOVE_FROM_CRL
@@ -348,6 +349,7 @@ class Publisher:
                 "a newer CRL of this scope was published meanwhile",
                 built.phases,
             )
+        self._anchor_audit(f"crl {relative}")
         log.info(
             "published %s #%d (%d entries, %d bytes; %s)",
             relative,
@@ -357,6 +359,15 @@ class Publisher:
             ", ".join(f"{name} {seconds:.3f} s" for name, seconds in built.phases.items()),
         )
         return Outcome(authority.name, partition, kind, allocation.number, recorded, phases=built.phases)
+
+    def _anchor_audit(self, reason: str) -> None:
+        """Sign the audit chain's head at every publication (docs/audit.md): a CRL is a dated,
+        public act of the CA, and the checkpoint dates the log as it stood. The CRL is published
+        already; a failure here is logged and the sealer's next checkpoint covers the events."""
+        try:
+            audit_log(self.ctx).anchor(reason)
+        except Exception:
+            log.exception("audit checkpoint after %s failed", reason)
 
     # -- on demand and on schedule ----------------------------------------------------------
 

@@ -25,7 +25,7 @@ from ca.names import display_name
 from ca.revocation import parse_reason
 from ca.service import CAContext
 from hsm.softhsm import ensure_pin_file, init_token, token_exists
-from kakuin import crl_commands, lifecycle_commands, ocsp_commands, ra_commands
+from kakuin import audit_commands, crl_commands, lifecycle_commands, ocsp_commands, ra_commands
 from kakuin.common import State, actor, fail, pass_state, reports_errors
 from kakuin.urls import warn_about_urls
 
@@ -99,6 +99,7 @@ def _initialize(state: State) -> list[str]:
     ctx.settings.home.mkdir(parents=True, exist_ok=True)
     _init_token(state)
     ctx.migrate()
+    audit_commands.ensure_audit_key(ctx)  # checkpoints and key ceremonies are signed with it
     return ctx.ensure_hierarchy()
 
 
@@ -475,20 +476,6 @@ def release(state: State, serial: str, authority: str) -> None:
     click.echo(f"released {record.serial}: {record.status}")
 
 
-@main.command()
-@click.option("--limit", default=20, show_default=True)
-@click.option("--action", help="Only events of this action (e.g. certificate.revoke).")
-@pass_state
-@reports_errors
-def audit(state: State, limit: int, action: str | None) -> None:
-    """The newest audit events: who did what, when."""
-    for event in state.ctx.store.audit_events(limit, action):
-        click.echo(
-            f"{event.at:%Y-%m-%d %H:%M:%S}Z {event.actor:<20} {event.action:<26} "
-            f"{event.authority or '-':<12} {event.serial or '-'} {json.dumps(event.detail, ensure_ascii=False)}"
-        )
-
-
 # -- verifier registry -------------------------------------------------------------------------
 
 
@@ -573,7 +560,7 @@ def verifier_disable(state: State, name: str) -> None:
 
 
 # Each service package's commands live in a module of their own and join the CLI here.
-for _module in (crl_commands, ocsp_commands, ra_commands, lifecycle_commands):
+for _module in (crl_commands, ocsp_commands, ra_commands, lifecycle_commands, audit_commands):
     _module.register(main)
 
 

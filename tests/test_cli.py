@@ -221,7 +221,10 @@ def test_ca_cert_pem_and_chain(cli: Cli, tmp_path: Path) -> None:
 
 def test_hsm_keys_lists_protected_keys(cli: Cli) -> None:
     lines = cli.ok("hsm", "keys").stdout.splitlines()
-    assert sorted(line.split("\t")[0] for line in lines) == sorted(f"{a}-g1" for a in AUTHORITIES)
+    # Every authority's key, and the audit key that signs the audit log's checkpoints (docs/audit.md).
+    assert sorted(line.split("\t")[0] for line in lines) == sorted(
+        [*(f"{a}-g1" for a in AUTHORITIES), "kakuin-audit"]
+    )
     for line in lines:
         assert "sensitive=yes" in line and "extractable=no" in line and "never_extractable=yes" in line
 

@@ -191,6 +191,23 @@ class AuditCheckpoint(Base):
     signature: Mapped[bytes] = mapped_column(LargeBinary)  # ECDSA, DER, over the canonical bytes
 
 
+class KeyCeremony(Base):
+    """The record of one CA key generation (docs/audit.md, "Key ceremonies"): who was present,
+    the token, the key's attributes as the token reported them, the public key's and the
+    certificate's hashes, as canonical JSON signed by the audit key."""
+
+    __tablename__ = "key_ceremonies"
+    __table_args__ = (UniqueConstraint("authority", "generation", name="uq_key_ceremonies_generation"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    authority: Mapped[str] = mapped_column(String(64))
+    generation: Mapped[int] = mapped_column(Integer)
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    record: Mapped[str] = mapped_column(Text)  # the canonical JSON that was signed
+    signature: Mapped[bytes] = mapped_column(LargeBinary)  # ECDSA P-256 / SHA-256, DER
+    key_id: Mapped[str] = mapped_column(String(64))  # the audit key's id
+
+
 class Verifier(Base):
     """A relying party registered to receive restricted (JPKI) revocation data: a government body,
     an accredited platform operator (PF), or a service provider (SP) attached to a platform.

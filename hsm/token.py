@@ -337,6 +337,24 @@ class Token:
 
         return self.call(run)
 
+    def token_info(self) -> dict[str, str]:
+        """What the token says it is (``C_GetTokenInfo``): label, serial number, manufacturer and
+        model, for key ceremony records."""
+
+        def run(session: Any) -> dict[str, str]:
+            token = session.token
+            serial = token.serial
+            return {
+                "label": str(token.label).strip(),
+                "serial": (
+                    serial.decode("ascii", "replace") if isinstance(serial, bytes) else str(serial)
+                ).strip(),
+                "manufacturer": str(token.manufacturer_id).strip(),
+                "model": str(token.model).strip(),
+            }
+
+        return self.call(run)
+
     def sign(self, label: str, data: bytes, mechanism: Mechanism) -> bytes:
         """Sign ``data`` with the private key ``label``; the key handle is cached per session."""
 

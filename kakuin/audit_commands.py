@@ -10,17 +10,22 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import click
 
+from ca.audit_chain import sha256_hex
 from ca.audit_checkpoints import AuditLog, audit_log, key_id, public_pem, trusted_key
 from ca.audit_config import load_audit_settings
 from ca.audit_export import export_lines, export_range
 from ca.audit_verify import Verification, verify
-from ca.errors import BadRequest, KakuinError
+from ca.ceremony import Ceremonies, CeremonyRecord
+from ca.errors import BadRequest, Conflict, KakuinError
 from ca.service import CAContext
 from ca.timeutil import JST
 from kakuin import services
@@ -227,7 +232,127 @@ def register(main: click.Group) -> None:
             click.echo(pem.decode("ascii"), nl=False)
         click.echo(f"audit key {log.settings.key_label}: key id {key_id(info.spki_der)}", err=True)
 
+    ca_group = main.commands.get("ca")
+    assert isinstance(ca_group, click.Group)
+
+    @ca_group.command("ceremony")
+    @click.argument("name")
+    @click.option("--json", "as_json", is_flag=True, help="The signed records as JSON Lines (docs/audit.md).")
+    @click.option(
+        "--key",
+        "key_file",
+        type=click.Path(dir_okay=False),
+        help="The audit public key (PEM) to trust instead of the token's.",
+    )
+    @pass_state
+    @reports_errors
+    def ca_ceremony(state: State, name: str, as_json: bool, key_file: str | None) -> None:
+        """The key ceremony record of each key generation of NAME: who was present, the token, the
+        key's attributes as the token reported them, hashes of the public key and certificate,
+        checked against the audit key's signature and the stored key generation."""
+        ctx = state.ctx
+        record = ctx.store.authority(name)
+        ceremonies = Ceremonies(ctx.store, audit_log(ctx))
+        found = {c.generation: c for c in ceremonies.of(name)}
+        if as_json:
+            for signed in found.values():
+                click.echo(signed.line())
+            return
+        label = audit_log(ctx).settings.key_label
+        public_key = _read_key(key_file) if key_file else trusted_key(ctx.token, label)
+        problems = []
+        for generation in ctx.store.key_generations(record.id):
+            ceremony = found.get(generation.generation)
+            heading = f"{name} g{generation.generation}  key {generation.key_label} ({generation.key_spec})"
+            if ceremony is None:
+                click.echo(f"{heading}\n  no ceremony record (the key was made before records were kept)")
+                continue
+            lines, problem = _ceremony_lines(ceremonies, ceremony, generation, public_key)
+            click.echo("\n".join([heading, *lines]))
+            if problem:
+                problems.append(f"ceremony record of {name} g{generation.generation}: {problem}")
+        if problems:
+            fail(problems[0])
+
     services.JOBS.append(services.Job("audit-sealer", _seal_job, _seal_interval))
+
+
+def _ceremony_lines(
+    ceremonies: Ceremonies, ceremony: CeremonyRecord, generation: Any, public_key: Any
+) -> tuple[list[str], str | None]:
+    """The record as an operator reads it, and what is wrong with it (None: nothing)."""
+    f = ceremony.fields
+    token = f["token"]
+    attributes = " ".join(f"{k}={'yes' if v else 'no'}" for k, v in f["key_attributes"].items())
+    witnesses = ", ".join(f["witnesses"]) or "(nobody named)"
+    lines = [
+        f"  recorded:     {f['recorded_at']} by {f['operator']}; present: {witnesses}",
+        f"  token:        {token['label']} ({token['manufacturer']} {token['model']}, serial {token['serial']})",
+        f"  key:          {attributes}",
+        f"  public key:   sha256 {f['public_key_sha256']}",
+        f"  certificate:  sha256 {f['certificate_sha256']}, serial {f['certificate_serial']}",
+        f"                {f['subject']}, {f['not_before']} .. {f['not_after']}",
+    ]
+    problem = None
+    if public_key is None:
+        lines.append("  signature:    not checked (no audit key in the token; give --key audit.pem)")
+        problem = "no audit key to check its signature with"
+    elif f.get("audit_key_id") != public_key[1] or not ceremony.signature_valid(public_key[0]):
+        lines.append(f"  signature:    INVALID for the audit key {_short(public_key[1])}")
+        problem = f"its signature does not verify with the audit key {_short(public_key[1])}"
+    else:
+        lines.append(f"  signature:    valid (audit key {_short(public_key[1])})")
+    if (
+        f["certificate_sha256"] != sha256_hex(generation.certificate_der)
+        or f["key_label"] != generation.key_label
+    ):
+        problem = (
+            problem or "it does not describe the stored key generation (its certificate or key label differ)"
+        )
+        lines.append("  stored key:   DIFFERS from this record")
+    if not (f["key_attributes"].get("sensitive") and not f["key_attributes"].get("extractable")):
+        lines.append("  warning:      the token did not report the key sensitive and not extractable")
+    event = ceremonies.audit_event(ceremony)
+    if event is None:
+        lines.append("  audit event:  MISSING (authority.key_ceremony with this record's hash)")
+        problem = problem or "its audit event authority.key_ceremony is missing"
+    else:
+        place = f"#{event[1]}" if event[1] is not None else "unsealed"
+        lines.append(f"  audit event:  {place} (id {event[0]}, authority.key_ceremony)")
+    return lines, problem
+
+
+def witnesses_of(given: Sequence[str]) -> list[str]:
+    """Who is present at a key generation: --witness (repeatable), else $KAKUIN_WITNESSES
+    (comma-separated)."""
+    if given:
+        return [w.strip() for w in given if w.strip()]
+    return [w.strip() for w in os.environ.get("KAKUIN_WITNESSES", "").split(",") if w.strip()]
+
+
+def record_ceremonies(
+    ctx: CAContext, generations: Sequence[tuple[str, int]], witnesses: Sequence[str]
+) -> int:
+    """Record the ceremony of each (authority, generation) just made; one already recorded (a
+    resumed run) is left as it is. Returns how many were recorded."""
+    ceremonies = Ceremonies(ctx.store, audit_log(ctx))
+    recorded = 0
+    for name, number in generations:
+        record = ctx.store.authority(name)
+        generation = next(g for g in ctx.store.key_generations(record.id) if g.generation == number)
+        try:
+            ceremonies.record(name, generation, witnesses, actor())
+        except Conflict:
+            continue
+        recorded += 1
+    if recorded:
+        present = ", ".join(witnesses) or "nobody named (--witness or KAKUIN_WITNESSES)"
+        click.echo(
+            f"recorded {recorded} key ceremon{'ies' if recorded != 1 else 'y'} (present: {present}); "
+            "kakuin ca ceremony NAME prints them",
+            err=True,
+        )
+    return recorded
 
 
 def _seal_job(ctx: CAContext) -> None:

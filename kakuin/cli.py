@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -94,22 +95,32 @@ def hsm_keys(state: State) -> None:
         click.echo(f"{label}\t{token.public_info(label).spec.name}\t{flags}")
 
 
-def _initialize(state: State) -> list[str]:
+def _initialize(state: State, witnesses: Sequence[str] = ()) -> list[str]:
     ctx = state.ctx
     ctx.settings.home.mkdir(parents=True, exist_ok=True)
     _init_token(state)
     ctx.migrate()
     audit_commands.ensure_audit_key(ctx)  # checkpoints and key ceremonies are signed with it
-    return ctx.ensure_hierarchy()
+    created = ctx.ensure_hierarchy()
+    audit_commands.record_ceremonies(
+        ctx, [(name, 1) for name in created], audit_commands.witnesses_of(witnesses)
+    )
+    return created
 
 
 @main.command()
+@click.option(
+    "--witness",
+    multiple=True,
+    help="Someone present at the key generation, for the key ceremony records (repeat; default: "
+    "$KAKUIN_WITNESSES, comma-separated).",
+)
 @pass_state
 @reports_errors
-def init(state: State) -> None:
+def init(state: State, witness: tuple[str, ...]) -> None:
     """Create the token, the database and the default hierarchy; safe to run again."""
     warn_about_urls(state.ctx)  # the CA certificates made now carry the URLs
-    created = _initialize(state)
+    created = _initialize(state, witness)
     click.echo(f"created authorities: {', '.join(created)}" if created else "already initialized")
 
 

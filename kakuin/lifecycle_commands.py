@@ -19,7 +19,7 @@ from ca.lifecycle_store import LifecycleStore
 from ca.service import CAContext
 from ca.store import AuthorityRecord
 from ca.timeutil import utcnow
-from kakuin import services
+from kakuin import audit_commands, services
 from kakuin.common import State, actor, fail, pass_state, reports_errors
 
 log = logging.getLogger("kakuin.lifecycle")
@@ -168,12 +168,21 @@ def cross_export(state: State, authority: str | None) -> None:
 @click.option(
     "--out-dir", type=click.Path(file_okay=False), help="Write the new CA and link certificates here."
 )
+@click.option(
+    "--witness",
+    multiple=True,
+    help="Someone present at the key generation, for its key ceremony record (repeat; default: "
+    "$KAKUIN_WITNESSES, comma-separated).",
+)
 @pass_state
 @reports_errors
-def ca_rollover(state: State, name: str, out_dir: str | None) -> None:
+def ca_rollover(state: State, name: str, out_dir: str | None, witness: tuple[str, ...]) -> None:
     """New key generation for NAME under the same DN, with link certificates old↔new."""
     ctx = state.ctx
     result = rollover.rollover(ctx.authorities, lifecycle_store(ctx), ctx.urls, name, actor())
+    audit_commands.record_ceremonies(
+        ctx, [(name, result.new_generation)], audit_commands.witnesses_of(witness)
+    )
     if out_dir:
         directory = Path(out_dir)
         directory.mkdir(parents=True, exist_ok=True)

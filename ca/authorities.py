@@ -40,6 +40,15 @@ class LoadedAuthority:
         return IssuerView(self.record.name, self.config, self.certificate, self.generation.generation)
 
 
+@dataclass(frozen=True)
+class StoredAuthority:
+    """What the database holds of an authority: enough to show and export it, not to sign."""
+
+    record: AuthorityRecord
+    generation: KeyGenerationRecord  # the newest active one
+    certificate: x509.Certificate
+
+
 def random_serial() -> int:
     """128 random bits, positive (RFC 5280 §4.1.2.2 allows up to 20 octets)."""
     while True:
@@ -64,17 +73,12 @@ class AuthorityRegistry:
         cached = self._cache.get(name)
         if cached is not None:
             return cached
-        record = self.store.authority(name)
+        record, generation, certificate = self._stored(name)
         config = self.hierarchy.authorities.get(name)
         if config is None and record.state == "active":
             raise NotFound(
                 f"authority {name!r} is in the database but not in {self.hierarchy.source}", field="authority"
             )
-        generations = [g for g in self.store.key_generations(record.id) if g.active]
-        if not generations:
-            raise NotFound(f"authority {name!r} has no active key", field="authority")
-        generation = generations[-1]
-        certificate = x509.load_der_x509_certificate(generation.certificate_der)
         if config is None:
             # An imported legacy CA, or a terminated one dropped from the configuration: it issues
             # nothing, but its status is still served, so it loads from what the store holds.
@@ -92,6 +96,22 @@ class AuthorityRegistry:
         loaded = LoadedAuthority(record, config, generation, certificate, key_for(self.token, info))
         self._cache[name] = loaded
         return loaded
+
+    def stored(self, name: str) -> StoredAuthority:
+        """The authority as the database holds it, without the token (so without its PIN): what
+        listing, showing and exporting CA certificates need."""
+        cached = self._cache.get(name)
+        if cached is not None:
+            return StoredAuthority(cached.record, cached.generation, cached.certificate)
+        return StoredAuthority(*self._stored(name))
+
+    def _stored(self, name: str) -> tuple[AuthorityRecord, KeyGenerationRecord, x509.Certificate]:
+        record = self.store.authority(name)
+        generations = [g for g in self.store.key_generations(record.id) if g.active]
+        if not generations:
+            raise NotFound(f"authority {name!r} has no active key", field="authority")
+        generation = generations[-1]
+        return record, generation, x509.load_der_x509_certificate(generation.certificate_der)
 
     def forget(self) -> None:
         self._cache.clear()

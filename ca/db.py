@@ -21,12 +21,16 @@ from sqlalchemy.engine import Connection, Engine
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(url: str, busy_timeout: float = 30.0, **kwargs: Any) -> Engine:
+    """``busy_timeout`` is how long, in seconds, an SQLite statement waits for a lock another
+    process holds before it fails with "database is locked" (setting ``database.busy_timeout``)."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs)
+        engine = create_engine(
+            url, connect_args={"timeout": busy_timeout, "check_same_thread": False}, **kwargs
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -34,7 +38,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA synchronous=FULL")
-            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
             cursor.close()
 
         return engine

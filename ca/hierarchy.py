@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +11,7 @@ from cryptography import x509
 
 from ca.crossconfig import CrossConfig, parse_cross
 from ca.names import name_from_pairs
-from config import ConfigError
+from config import ConfigError, read_toml
 from hsm import KeySpec
 
 
@@ -67,10 +66,7 @@ class HierarchyConfig:
 
 def load_hierarchy(path: Path) -> HierarchyConfig:
     source = str(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("(syntax)", source, str(exc)) from None
+    raw = read_toml(path)
     agency = raw.get("agency", {})
     table = raw.get("authorities")
     if not isinstance(table, Mapping) or not table:

@@ -6,7 +6,6 @@ names its key and table, so a profile that loads is a profile that can issue.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
 
-from config import ConfigError
+from config import ConfigError, read_toml
 from hsm import KeySpec
 
 KEY_USAGES = (
@@ -114,10 +113,7 @@ class Profile:
 
 def load_profiles(path: Path) -> dict[str, Profile]:
     source = str(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("(syntax)", source, str(exc)) from None
+    raw = read_toml(path)
     defaults = raw.get("defaults", {})
     table = raw.get("profiles")
     if not isinstance(table, Mapping) or not table:

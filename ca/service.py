@@ -57,7 +57,7 @@ class CAContext:
 
     @cached_property
     def engine(self) -> Engine:
-        return make_engine(self.settings.database_url)
+        return make_engine(self.settings.database_url, busy_timeout=self.settings.database_busy_timeout)
 
     @cached_property
     def store(self) -> Store:

@@ -1,5 +1,5 @@
 """Settings loading and the shipped TOML data (default hierarchy, certificate profiles)."""
 
-from config.settings import ConfigError, PinSource, ServiceSettings, Settings, load_settings
+from config.settings import ConfigError, PinSource, ServiceSettings, Settings, load_settings, read_toml
 
-__all__ = ["ConfigError", "PinSource", "ServiceSettings", "Settings", "load_settings"]
+__all__ = ["ConfigError", "PinSource", "ServiceSettings", "Settings", "load_settings", "read_toml"]

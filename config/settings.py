@@ -22,6 +22,7 @@ SOFTHSM2_CANDIDATES = (
 )
 
 DEFAULT_PIN_ENV = "KAKUIN_TOKEN_PIN"
+DEFAULT_BUSY_TIMEOUT = 5.0  # seconds a command waits for a database another process is writing
 
 
 class ConfigError(Exception):
@@ -53,6 +54,10 @@ class PinSource:
             raise ConfigError(
                 "token.pin_file", str(self.file), f"no PIN: set {self.env} or create this file"
             ) from None
+        except OSError as exc:
+            raise ConfigError("token.pin_file", str(self.file), f"cannot read it ({exc.strerror})") from None
+        except UnicodeDecodeError:
+            raise ConfigError("token.pin_file", str(self.file), "the PIN file is not UTF-8 text") from None
         if mode & 0o077:
             # As ssh and PostgreSQL do for private keys: a PIN others can read is already leaked.
             raise ConfigError(
@@ -94,6 +99,7 @@ class Settings:
     # Where each urls.* value came from: a file, an environment variable, or "services.X (not
     # set)" when it was derived from the service's host and port.
     url_sources: Mapping[str, str] = field(default_factory=dict)
+    database_busy_timeout: float = DEFAULT_BUSY_TIMEOUT
 
     @property
     def is_sqlite(self) -> bool:
@@ -155,12 +161,7 @@ def load_settings(
     source = "built-in defaults"
     if config_path is not None:
         source = str(config_path)
-        try:
-            raw = tomllib.loads(config_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError("(file)", source, "the configuration file does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError("(syntax)", source, str(exc)) from None
+        raw = read_toml(config_path)
         if isinstance(raw.get("home"), str) and not env.get("KAKUIN_HOME"):
             home = Path(raw["home"]).resolve()
     _check_known_keys(raw, source)
@@ -177,6 +178,8 @@ def load_settings(
         )
     if database_url.startswith("postgresql:"):
         database_url = "postgresql+psycopg:" + database_url[len("postgresql:") :]
+    _check_database_url(database_url, db_src)
+    busy_timeout = _busy_timeout(raw, env, source)
 
     module, _ = _string(raw, env, "token.module", "KAKUIN_PKCS11_MODULE", _default_pkcs11_module(), source)
     label, _ = _string(raw, env, "token.label", "KAKUIN_TOKEN_LABEL", "kakuin", source)
@@ -230,7 +233,56 @@ def load_settings(
         services=services,
         raw=raw,
         url_sources=url_sources,
+        database_busy_timeout=busy_timeout,
     )
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file of settings (this one, the hierarchy, the profiles), or one line saying why not."""
+    source = str(path)
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError("(file)", source, "the file does not exist") from None
+    except OSError as exc:
+        raise ConfigError("(file)", source, f"cannot read it ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError("(file)", source, "not UTF-8 text, so not TOML") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("(syntax)", source, str(exc)) from None
+
+
+def _check_database_url(url: str, source: str) -> None:
+    """Parse the URL now, as the engine will, so a garbled one is a setting error and not a
+    traceback from deep inside SQLAlchemy."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+        parsed.port  # noqa: B018 -- a port that is not a number fails only when read
+    except (ArgumentError, ValueError) as exc:
+        raise ConfigError("database.url", source, f"not a database URL ({exc})") from None
+    if parsed.drivername.startswith("sqlite") and (parsed.host or not parsed.database):
+        raise ConfigError("database.url", source, f"expected sqlite:///PATH, got {url!r}")
+
+
+def _busy_timeout(raw: Mapping[str, Any], env: Mapping[str, str], source: str) -> float:
+    value: Any = env.get("KAKUIN_DATABASE_BUSY_TIMEOUT")
+    src = "environment variable KAKUIN_DATABASE_BUSY_TIMEOUT"
+    if not value:
+        value, src = _get(raw, "database.busy_timeout"), source
+    if value is None:
+        return DEFAULT_BUSY_TIMEOUT
+    try:
+        seconds = float(value) if not isinstance(value, bool) else -1.0
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not 0 <= seconds <= 3600:
+        raise ConfigError(
+            "database.busy_timeout", src, f"expected a number of seconds from 0 to 3600, got {value!r}"
+        )
+    return seconds
 
 
 # Certificates carry these URLs for ever. Unset, each follows the service that answers it (the
@@ -306,7 +358,7 @@ def _services(raw: Mapping[str, Any], env: Mapping[str, str], source: str) -> di
 
 _KNOWN_TOP = {"home", "database", "token", "ca", "urls", "services", "crl", "ocsp", "registration", "audit"}
 _KNOWN_SUB = {
-    "database": {"url"},
+    "database": {"url", "busy_timeout"},
     "token": {"module", "label", "pin_env", "pin_file", "so_pin_file", "softhsm_conf"},
     "ca": {"hierarchy", "profiles"},
     "urls": {"crl", "ocsp", "ca_issuers"},

@@ -33,6 +33,15 @@ def ensure_conf(home: Path, conf: Path | None) -> Path:
     return conf
 
 
+def use_conf(home: Path, conf: Path | None) -> Path:
+    """Point SoftHSM2 at the data directory's configuration without creating it: only set-up
+    (``ensure_conf``) writes files, every other command uses what set-up left."""
+    if conf is None:
+        conf = home / "softhsm2.conf"
+    os.environ["SOFTHSM2_CONF"] = str(conf)
+    return conf
+
+
 def ensure_pin_file(path: Path) -> None:
     """Create a random PIN file (0600) if there is none; an existing file is never overwritten."""
     if path.exists():
@@ -45,7 +54,12 @@ def ensure_pin_file(path: Path) -> None:
 
 def token_exists(label: str) -> bool:
     util = _softhsm_util()
-    out = subprocess.run([util, "--show-slots"], check=True, capture_output=True, text=True).stdout
+    result = subprocess.run([util, "--show-slots"], capture_output=True, text=True)
+    if result.returncode != 0:
+        problem = result.stderr.strip() or f"exit status {result.returncode}"
+        conf = os.environ.get("SOFTHSM2_CONF", "(unset)")
+        raise TokenError(f"softhsm2-util --show-slots failed with SOFTHSM2_CONF={conf}: {problem}")
+    out = result.stdout
     labels = [line.split(":", 1)[1].strip() for line in out.splitlines() if line.strip().startswith("Label:")]
     return label in labels
 

@@ -58,6 +58,20 @@ class TokenError(Exception):
     """The token cannot do what was asked; the message says what and which label."""
 
 
+def describe_module(module_path: str) -> str:
+    """What the PKCS#11 module says it is (``C_GetInfo``): loading it needs no token, session or
+    PIN. A module that cannot be loaded is described as such rather than raised."""
+    try:
+        lib = pkcs11.lib(module_path)
+    except (RuntimeError, OSError) as exc:
+        return f"{module_path}: cannot be loaded ({str(exc) or type(exc).__name__})"
+    maker = str(lib.manufacturer_id).strip()
+    description = str(lib.library_description).strip()
+    version = ".".join(str(part) for part in lib.library_version)
+    cryptoki = ".".join(str(part) for part in lib.cryptoki_version)
+    return f"{module_path}: {maker} {description} {version} (Cryptoki {cryptoki})"
+
+
 @dataclass(frozen=True)
 class KeySpec:
     """A key type Kakuin generates: ``rsa-2048|3072|4096`` or ``ec-p256|p384``."""
@@ -134,7 +148,9 @@ class Token:
             try:
                 self._lib = pkcs11.lib(self.module_path)
             except (RuntimeError, OSError) as exc:
-                raise TokenError(f"cannot load PKCS#11 module {self.module_path}: {exc}") from None
+                raise TokenError(
+                    f"cannot load PKCS#11 module {self.module_path}: {str(exc) or type(exc).__name__}"
+                ) from None
             self._pid = os.getpid()
         elif self._pid != os.getpid():
             # A forked child: the parent's sessions are not ours (PKCS#11 v2.40 §6.7.7).

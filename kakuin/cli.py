@@ -25,13 +25,24 @@ from ca.issuance import IssuanceRequest
 from ca.names import display_name
 from ca.revocation import parse_reason
 from ca.service import CAContext
+from config import ConfigError
 from hsm.softhsm import ensure_pin_file, init_token, token_exists
 from kakuin import audit_commands, crl_commands, lifecycle_commands, ocsp_commands, ra_commands
-from kakuin.common import State, actor, fail, pass_state, reports_errors
+from kakuin.common import KakuinGroup, State, actor, fail, pass_state, reports_errors, show_version
 from kakuin.urls import warn_about_urls
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    cls=KakuinGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
+@click.option(
+    "--version",
+    is_flag=True,
+    is_eager=True,
+    expose_value=False,
+    callback=show_version,
+    help="Versions of Kakuin, Python, cryptography, OpenSSL and the PKCS#11 module, then exit.",
+)
 @click.option(
     "--config",
     "-c",
@@ -63,9 +74,14 @@ def _init_token(state: State) -> bool:
         return False
     if token_exists(settings.token_label):
         return False
-    for source in (settings.pin, settings.so_pin):
+    for key, source in (("token.pin_file", settings.pin), ("token.so_pin_file", settings.so_pin)):
         if not os.environ.get(source.env):
-            ensure_pin_file(source.file)
+            try:
+                ensure_pin_file(source.file)
+            except OSError as exc:
+                raise ConfigError(
+                    key, str(source.file), f"cannot create the PIN file ({exc.strerror})"
+                ) from None
     init_token(settings.token_label, settings.so_pin.read(), settings.pin.read())
     return True
 
@@ -75,6 +91,7 @@ def _init_token(state: State) -> bool:
 @reports_errors
 def hsm_init(state: State) -> None:
     """Create and initialize the SoftHSM2 token (PINs from the environment or new random PIN files)."""
+    state.allow_creation()
     created = _init_token(state)
     settings = state.ctx.settings
     click.echo(
@@ -97,7 +114,6 @@ def hsm_keys(state: State) -> None:
 
 def _initialize(state: State, witnesses: Sequence[str] = ()) -> list[str]:
     ctx = state.ctx
-    ctx.settings.home.mkdir(parents=True, exist_ok=True)
     _init_token(state)
     ctx.migrate()
     audit_commands.ensure_audit_key(ctx)  # checkpoints and key ceremonies are signed with it
@@ -119,6 +135,7 @@ def _initialize(state: State, witnesses: Sequence[str] = ()) -> list[str]:
 @reports_errors
 def init(state: State, witness: tuple[str, ...]) -> None:
     """Create the token, the database and the default hierarchy; safe to run again."""
+    state.allow_creation()
     warn_about_urls(state.ctx)  # the CA certificates made now carry the URLs
     created = _initialize(state, witness)
     click.echo(f"created authorities: {', '.join(created)}" if created else "already initialized")
@@ -129,6 +146,7 @@ def init(state: State, witness: tuple[str, ...]) -> None:
 @reports_errors
 def up(state: State) -> None:
     """Initialize on first run, then serve every service on loopback (Ctrl-C stops them)."""
+    state.allow_creation()
     warn_about_urls(state.ctx)  # before the first run's CA certificates carry the URLs
     created = _initialize(state)
     ctx = state.ctx
@@ -159,7 +177,7 @@ def _print_hierarchy(ctx: CAContext) -> None:
 
     def show(parent: int | None, depth: int) -> None:
         for record in children.get(parent, []):
-            authority = ctx.authorities.get(record.name)
+            authority = ctx.authorities.stored(record.name)
             cert = authority.certificate
             flag = " [restricted]" if record.restricted else ""
             click.echo(
@@ -194,7 +212,7 @@ def ca_list(state: State) -> None:
 def ca_show(state: State, name: str) -> None:
     """One authority: DN, parent, keys, partitioning, and how many certificates it issued."""
     ctx = state.ctx
-    authority = ctx.authorities.get(name)
+    authority = ctx.authorities.stored(name)
     record = authority.record
     counts = ctx.store.count_certificates(record.id)
     parent = next((r.name for r in ctx.store.authorities() if r.id == record.parent_id), None)
@@ -227,13 +245,13 @@ def ca_show(state: State, name: str) -> None:
 def ca_cert(state: State, name: str, der: bool, chain: bool) -> None:
     """The CA certificate of NAME (PEM on stdout)."""
     ctx = state.ctx
-    certs = [ctx.authorities.get(name).certificate]
+    certs = [ctx.authorities.stored(name).certificate]
     if chain:
         record = ctx.store.authority(name)
         by_id = {r.id: r for r in ctx.store.authorities()}
         while record.parent_id is not None:
             record = by_id[record.parent_id]
-            certs.append(ctx.authorities.get(record.name).certificate)
+            certs.append(ctx.authorities.stored(record.name).certificate)
     if der:
         if chain:
             fail("--der writes one certificate; drop --chain", 2)
@@ -248,7 +266,7 @@ def ca_cert(state: State, name: str, der: bool, chain: bool) -> None:
 @reports_errors
 def profiles(state: State) -> None:
     """The certificate profiles and the authority that issues each."""
-    for profile in state.ctx.profiles.values():
+    for profile in state.config_ctx.profiles.values():
         keys = ",".join(k.name for k in profile.key_types)
         click.echo(
             f"{profile.name:<20} v{profile.version}  {profile.authority:<12} {keys:<40} {profile.title}"

@@ -9,6 +9,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 
 from ca.errors import BadCSR, PolicyRefused
+from ca.foreign import as_bytes, load_request
 from ca.profiles import Profile
 from hsm import KeySpec
 
@@ -23,16 +24,12 @@ class CheckedCSR:
 
 
 def load_csr(data: bytes | str, field: str = "csr") -> x509.CertificateSigningRequest:
-    if isinstance(data, str):
-        data = data.encode("utf-8")
+    """The applicant's request, read in full (``ca.foreign``): a request whose requested
+    extensions, subject or key cannot be read is refused here, not issued or crashed on later."""
+    data = as_bytes(data, field, "a PKCS#10 certificate request", BadCSR)
     if len(data) > MAX_CSR_BYTES:
         raise BadCSR(f"larger than {MAX_CSR_BYTES} bytes", field=field)
-    try:
-        if b"-----BEGIN" in data:
-            return x509.load_pem_x509_csr(data)
-        return x509.load_der_x509_csr(data)
-    except ValueError as exc:
-        raise BadCSR(f"not a PKCS#10 certificate request ({exc})", field=field) from None
+    return load_request(data, field, BadCSR)
 
 
 def key_spec_of(public_key: object) -> KeySpec | None:

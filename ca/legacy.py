@@ -39,8 +39,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from ca.authorities import EXTERNAL_KEY_PREFIX, fingerprint
-from ca.crosscert import load_certificate, name_pairs, spki
+from ca.crosscert import name_pairs, spki
 from ca.errors import BadRequest, Conflict, NotFound
+from ca.foreign import load_certificate, load_certificates, load_crl
 from ca.lifecycle_store import LegacyStatus, LifecycleStore
 from ca.store import AuthorityRecord, normalize_serial
 from ca.timeutil import utcnow
@@ -49,6 +50,7 @@ from hsm import Token, TokenError
 PROFILE = "legacy"
 PARTITION = "0"  # a legacy authority has one partition ("shards:1")
 EXTERNAL_PREFIX = EXTERNAL_KEY_PREFIX
+MAX_SERVED_CRL_NUMBER = (1 << 63) - 1  # the CRL store's number column is a BIGINT (crl.imported)
 
 # OpenSSL's index.txt reason words -> stored names (cryptography ReasonFlags values, as
 # ``ca.revocation.parse_reason`` stores them).
@@ -192,10 +194,13 @@ def read_index(path: Path) -> list[tuple[int, str, SourceCertificate | str]]:
 
 
 def _certificates_in(path: Path) -> list[x509.Certificate]:
-    data = path.read_bytes()
-    if b"-----BEGIN CERTIFICATE" in data:
-        return x509.load_pem_x509_certificates(data)
-    return [x509.load_der_x509_certificate(data)]
+    """The certificates of one file, each read in full (``ca.foreign``); a ``BadRequest`` says
+    why the file is none."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BadRequest(f"cannot read {path.name} ({exc.strerror})", field="certs") from None
+    return load_certificates(data, field="certs")
 
 
 def _issued_by(certificate: x509.Certificate, ca: x509.Certificate) -> bool:
@@ -216,8 +221,8 @@ def read_directory(directory: Path, ca: x509.Certificate, skipped: list[str]) ->
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
         try:
             certificates = _certificates_in(path)
-        except ValueError:
-            skipped.append(f"{path.name}: not a certificate")
+        except BadRequest as exc:
+            skipped.append(f"{path.name}: {exc.detail}")
             continue
         for certificate in certificates:
             if spki(certificate.public_key()) == ca_spki:
@@ -230,10 +235,7 @@ def read_directory(directory: Path, ca: x509.Certificate, skipped: list[str]) ->
 
 
 def read_crl(data: bytes, ca: x509.Certificate) -> tuple[x509.CertificateRevocationList, dict[str, CRLEntry]]:
-    try:
-        crl = x509.load_pem_x509_crl(data) if b"-----BEGIN" in data else x509.load_der_x509_crl(data)
-    except ValueError as exc:
-        raise BadRequest(f"not a CRL ({exc})", field="crl") from None
+    crl = load_crl(data, field="crl")
     if name_pairs(crl.issuer) != name_pairs(ca.subject):
         raise BadRequest(
             f"the CRL was issued by {crl.issuer.rfc4514_string()}, not by the old CA {ca.subject.rfc4514_string()}",
@@ -323,6 +325,10 @@ def plan_import(
                 plan.conflicts.append(f"{index.name} line {number}: {entry}")
                 continue
             der_cert = _index_file(base, present, filename, entry.serial)
+            if isinstance(der_cert, str):
+                plan.conflicts.append(f"serial {entry.serial}: {der_cert}")
+                source[entry.serial] = entry  # compared with the CRL as index.txt has it
+                continue
             if der_cert is not None and not _issued_by(der_cert, ca_certificate):
                 plan.conflicts.append(
                     f"serial {entry.serial}: its certificate file is not signed by the old CA"
@@ -391,6 +397,9 @@ def plan_import(
         _decide(plan, statuses, serial, stub, listed.revoked_at, listed.reason, listed.invalidity_date)
         if len(plan.new_rows) > before:
             plan.stubs += 1
+    key_label = generations[-1].key_label if existing is not None else plan.key_label
+    if plan.crl is not None and key_label.startswith(EXTERNAL_PREFIX) and not plan.conflicts:
+        _check_servable(plan.crl)
     return plan
 
 
@@ -399,6 +408,24 @@ def _crl_number(crl: x509.CertificateRevocationList) -> int | None:
         return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
     except x509.ExtensionNotFound:
         return None
+
+
+def _check_servable(crl: x509.CertificateRevocationList) -> None:
+    """With the old CA's key outside the token, Kakuin serves the old CA's own CRL under its
+    cRLNumber (``crl.imported``): one it could not serve is refused now, before the import
+    writes anything, not by the serving step after it."""
+    number = _crl_number(crl)
+    if number is None:
+        raise BadRequest(
+            "the CRL has no CRL number; with the old CA's key outside the token Kakuin serves this "
+            "CRL as it is and needs its number; nothing was imported",
+            field="crl",
+        )
+    if not 0 < number <= MAX_SERVED_CRL_NUMBER:
+        raise BadRequest(
+            f"the CRL number {number} is beyond what Kakuin records (1 to 2^63-1); nothing was imported",
+            field="crl",
+        )
 
 
 def _check_newer(store: LifecycleStore, authority: str, crl: x509.CertificateRevocationList) -> None:
@@ -446,9 +473,11 @@ def _key_label(token: Token, authority: str, ca: x509.Certificate, key_label: st
     return key_label
 
 
-def _index_file(base: Path, present: set[str], filename: str, serial: str) -> x509.Certificate | None:
+def _index_file(base: Path, present: set[str], filename: str, serial: str) -> x509.Certificate | str | None:
     """The copy `openssl ca` kept of an index line's certificate: the file the line names, else
-    ``<SERIAL>.pem`` as in newcerts (``present``: the directory's names, listed once)."""
+    ``<SERIAL>.pem`` as in newcerts (``present``: the directory's names, listed once). None when
+    there is no such file; why, when there is one that cannot be read (a conflict: the old CA's
+    own record of what it issued is damaged, and importing the line alone would hide that)."""
     upper = serial.upper()
     names = [filename] if filename and filename != "unknown" else []
     names += [f"{upper.zfill(len(upper) + len(upper) % 2)}.pem", f"{upper}.pem"]
@@ -456,8 +485,8 @@ def _index_file(base: Path, present: set[str], filename: str, serial: str) -> x5
         if name in present:
             try:
                 return _certificates_in(base / name)[0]
-            except (ValueError, IndexError):
-                return None
+            except BadRequest as exc:
+                return f"its certificate file {name} cannot be used: {exc.detail}"
     return None
 
 

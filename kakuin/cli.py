@@ -20,7 +20,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from ca.bulk import BulkIssuer, RefusedLine
-from ca.errors import KakuinError
+from ca.errors import BadRequest, KakuinError
+from ca.foreign import load_certificate
 from ca.issuance import IssuanceRequest
 from ca.names import display_name
 from ca.revocation import parse_reason
@@ -342,8 +343,20 @@ def issue(
     click.echo(f"issued {result.profile} serial {result.serial} by {result.authority}", err=True)
 
 
+def _count_lines(path: Path) -> int:
+    """The non-blank lines of a batch file; this first pass reads it whole before anything is
+    issued, so a file that is not UTF-8 text is refused here, having changed nothing."""
+    try:
+        with path.open(encoding="utf-8") as lines:
+            return sum(1 for line in lines if line.strip())
+    except UnicodeDecodeError as exc:
+        raise BadRequest(
+            f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})", field="--batch"
+        ) from None
+
+
 def _issue_batch(ctx: CAContext, path: Path, out: Path | None, batch_size: int, workers: int | None) -> None:
-    total = sum(1 for line in path.open(encoding="utf-8") if line.strip())
+    total = _count_lines(path)
     if workers is None:
         workers = min(os.cpu_count() or 1, 4) if total > batch_size else 1
     bulk = BulkIssuer(ctx, actor=actor(), batch_size=batch_size, workers=workers)
@@ -536,15 +549,7 @@ def verifier_add(
     """Register the verifier NAME with its certificate and permissions."""
     from ca.verifiers import VerifierRegistry
 
-    data = Path(cert_file).read_bytes()
-    try:
-        certificate = (
-            x509.load_pem_x509_certificate(data)
-            if b"-----BEGIN" in data
-            else x509.load_der_x509_certificate(data)
-        )
-    except ValueError as exc:
-        raise KakuinError(f"not an X.509 certificate ({exc})", field="cert") from None
+    certificate = load_certificate(Path(cert_file).read_bytes(), field="cert")
     names = [a.strip() for a in authorities.split(",") if a.strip()]
     record = VerifierRegistry(state.ctx.store).add(
         name=name,

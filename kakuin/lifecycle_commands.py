@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from ca import crosscert, legacy, rollover, termination
 from ca.errors import BadRequest
+from ca.foreign import load_certificate, load_request
 from ca.lifecycle_store import LifecycleStore
 from ca.service import CAContext
 from ca.store import AuthorityRecord
@@ -69,8 +70,8 @@ def cross_issue(
 ) -> None:
     """Issue the cross certificate of agreement [cross.NAME] (internal: no --cert/--csr)."""
     ctx = state.ctx
-    certificate = crosscert.load_certificate(_read(cert_file, "cert")) if cert_file else None
-    request = crosscert.load_request(_read(csr_file, "csr"), "csr") if csr_file else None
+    certificate = load_certificate(_read(cert_file, "cert"), "cert") if cert_file else None
+    request = load_request(_read(csr_file, "csr"), "csr") if csr_file else None
     signed, record = crosscert.issue(
         ctx.authorities,
         lifecycle_store(ctx),
@@ -119,8 +120,8 @@ def cross_import(
 ) -> None:
     """Keep the reverse cross certificate another CA issued for our authority's key."""
     ctx = state.ctx
-    certificate = crosscert.load_certificate(_read(cert_file, "cert"))
-    issuer = crosscert.load_certificate(_read(issuer_file, "issuer"), "issuer") if issuer_file else None
+    certificate = load_certificate(_read(cert_file, "cert"), "cert")
+    issuer = load_certificate(_read(issuer_file, "issuer"), "issuer") if issuer_file else None
     record = crosscert.import_reverse(
         ctx.authorities,
         lifecycle_store(ctx),

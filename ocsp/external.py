@@ -27,6 +27,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ca.authorities import EXTERNAL_KEY_PREFIX, fingerprint
 from ca.errors import BadRequest
+from ca.foreign import PARSE_ERRORS, load_certificate
 from ca.lifecycle_store import LifecycleStore
 from ca.service import CAContext
 from ca.store import AuthorityRecord, KeyGenerationRecord, normalize_serial
@@ -35,6 +36,8 @@ from hsm import KeySpec, TokenError, key_for, signature_hash
 from ocsp.responders import PROFILE, ResponderKeyRecord, ResponderKeys
 
 PARTITION = "0"  # a legacy authority's one partition (ca.legacy.PARTITION)
+# A signature that fails, or one made with an algorithm or key cryptography cannot use.
+_SIGNATURE_ERRORS: tuple[type[Exception], ...] = (InvalidSignature, *PARSE_ERRORS)
 
 
 def is_external(ctx: CAContext, record: AuthorityRecord) -> bool:
@@ -80,15 +83,6 @@ def responder_csr(ctx: CAContext, name: str, key_spec: str, actor: str) -> tuple
     return label, csr.public_bytes(Encoding.PEM)
 
 
-def _load(data: bytes) -> x509.Certificate:
-    try:
-        if b"-----BEGIN" in data:
-            return x509.load_pem_x509_certificate(data)
-        return x509.load_der_x509_certificate(data)
-    except ValueError as exc:
-        raise BadRequest(f"not a certificate ({exc})", field="certificate") from None
-
-
 def import_responder(
     ctx: CAContext, name: str, data: bytes, actor: str, now: datetime | None = None
 ) -> ResponderKeyRecord:
@@ -96,7 +90,7 @@ def import_responder(
     responder; every refusal is a ``BadRequest`` naming the problem, and stores nothing."""
     now = now or utcnow()
     record, generation = external_generation(ctx, name)
-    certificate = _load(data)
+    certificate = load_certificate(data, field="certificate")  # every part read: no lazy ValueError below
     ca_certificate = x509.load_der_x509_certificate(generation.certificate_der)
     if certificate.issuer.public_bytes() != ca_certificate.subject.public_bytes():
         raise BadRequest(
@@ -106,7 +100,7 @@ def import_responder(
         )
     try:
         certificate.verify_directly_issued_by(ca_certificate)
-    except (InvalidSignature, ValueError, TypeError):
+    except _SIGNATURE_ERRORS:
         raise BadRequest(
             f"the certificate's signature does not verify with {name}'s CA certificate", field="certificate"
         ) from None
@@ -114,8 +108,6 @@ def import_responder(
         usages = list(certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
     except x509.ExtensionNotFound:
         usages = []
-    except ValueError as exc:  # a malformed or duplicated extension: cryptography parses them lazily
-        raise BadRequest(f"the certificate's extensions cannot be parsed ({exc})", field="certificate") from None
     if ExtendedKeyUsageOID.OCSP_SIGNING not in usages:
         raise BadRequest(
             "the certificate does not carry extendedKeyUsage id-kp-OCSPSigning (RFC 6960 §4.2.2.2)",

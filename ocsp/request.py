@@ -87,7 +87,10 @@ def parse_request(der: bytes) -> OCSPRequest:
         signature = _signature(request, tbs)
     except Malformed:
         raise
-    except (ValueError, TypeError, KeyError, OverflowError) as exc:
+    except Exception as exc:
+        # asn1crypto parses lazily and raises whatever its internals hit on hostile bytes: not
+        # only ValueError and TypeError but, for an optional field with a wrong tag, an
+        # AttributeError of the placeholder it left there. Any of them means malformedRequest.
         raise Malformed(f"not a DER OCSPRequest ({type(exc).__name__})") from None
     if not cert_ids:
         raise Malformed("the request lists no certificate")

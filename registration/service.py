@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from cryptography import x509
-
 from ca.errors import BadRequest, Conflict, Forbidden, KakuinError, NotFound, PolicyRefused
+from ca.foreign import load_certificate
 from ca.issuance import IssuanceRequest, IssuedCertificate
 from ca.revocation import HOLD, REMOVE_FROM_CRL, parse_reason
 from ca.service import CAContext
@@ -575,10 +574,11 @@ class RegistrationService:
         account = caller.require("admin")
         data = _only(body, {"name", "kind", "certificate", "authorities", "pinless", "platform"})
         pem = _text(data, "certificate", 64 * 1024) or ""
-        try:
-            certificate = x509.load_pem_x509_certificate(pem.encode())
-        except ValueError as exc:
-            raise BadRequest(f"not a PEM X.509 certificate ({exc})", field="certificate") from None
+        if "-----BEGIN" not in pem:
+            raise BadRequest(
+                "expected a PEM X.509 certificate (-----BEGIN CERTIFICATE-----)", field="certificate"
+            )
+        certificate = load_certificate(pem, field="certificate")
         authorities = data.get("authorities", [])
         if not isinstance(authorities, list) or not all(isinstance(a, str) for a in authorities):
             raise BadRequest("expected a list of authority names", field="authorities")

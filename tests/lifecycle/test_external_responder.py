@@ -145,7 +145,7 @@ def test_bad_responder_certificates_are_refused_and_nothing_changes(world: World
         (ca_sign(old, world.csr, tmp / "no-eku.pem", extensions=None), "the certificate does not carry extendedKeyUsage id-kp-OCSPSigning (RFC 6960 §4.2.2.2)"),
         (ca_sign(old, foreign_csr, tmp / "foreign.pem"), f"the certificate's public key is not the token key ocsp-{NAME}-g1 (kakuin ocsp responder-csr --authority {NAME} made the request to sign)"),
         (ca_sign(old, world.csr, tmp / "expired.pem", "-startdate", "20200101000000Z", "-enddate", "20200201000000Z"), "the certificate is not valid now (valid from 2020-01-01 00:00:00Z to 2020-02-01 00:00:00Z)"),
-        (None, "not a certificate ("),
+        (None, "not an X.509 certificate in PEM or DER ("),
     ]  # fmt: skip
     files = ["wrong-issuer.pem", "no-eku.pem", "foreign.pem", "expired.pem", "junk.pem"]
     before = len(ctx.store.certificates(authority=NAME, limit=1000))

@@ -206,7 +206,7 @@ def test_directory_import_keeps_crl_only_revocations(small_ctx, tmp_path: Path) 
         "--certs", str(files), "--crl", str(ca.crl),
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "skipped README: not a certificate" in result.stderr
+    assert "skipped README: not an X.509 certificate" in result.stderr
     assert "crl only stubs 1" in result.stdout
     stub = ctx.store.certificate("pref-hokkaido", lost.serial_number)
     assert (stub.status, stub.revocation_reason, stub.der) == ("revoked", "keyCompromise", None)

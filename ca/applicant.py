@@ -16,7 +16,9 @@ from datetime import date
 from typing import Any
 
 from ca.errors import BadApplicantData
+from ca.jpki import FIRST_ERA_DAY, latest_card_expiry
 from ca.profiles import Profile
+from ca.timeutil import JST, utcnow
 
 Validator = Callable[[str, Any], Any]
 
@@ -50,10 +52,15 @@ def ascii_text(max_length: int) -> Validator:
     return check
 
 
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", re.ASCII)
+
+
 def iso_date(name: str, value: Any) -> date:
     if not isinstance(value, str):
         raise BadApplicantData("expected a date as YYYY-MM-DD", field=_field(name))
     try:
+        if not _ISO_DATE.fullmatch(value):  # fromisoformat also takes 19850715 and 1985-W28-1
+            raise ValueError(value)
         return date.fromisoformat(value)
     except ValueError:
         raise BadApplicantData(f"{value!r} is not a date as YYYY-MM-DD", field=_field(name)) from None
@@ -66,18 +73,42 @@ def flags(name: str, value: Any) -> str:
 
 
 def sex(name: str, value: Any) -> str:
-    text_value = str(value) if isinstance(value, int | str) and not isinstance(value, bool) else ""
-    if text_value not in ("1", "2", "3"):
-        raise BadApplicantData("expected 1 (male), 2 (female) or 3 (not stated)", field=_field(name))
-    return text_value
+    if value not in ("1", "2", "3") or not isinstance(value, str):  # the string, as the card has it
+        raise BadApplicantData(
+            'expected the string "1", "2" or "3": 1 (male), 2 (female) or 3 (not stated)', field=_field(name)
+        )
+    return value
+
+
+_MUNICIPALITY_CODE = re.compile(r"[0-9]{5}[0-9]?", re.ASCII)
+PREFECTURES = range(1, 48)  # JIS X 0401: 01 Hokkaido … 47 Okinawa
+
+
+def parse_municipality_code(value: object) -> str:
+    """The 5-digit local government code (JIS X 0402: prefecture 01-47, then 3 digits), also given
+    with its check digit as 6; ``ValueError`` says what is wrong. The code names a CRL partition,
+    so nothing but this exact form gets through."""
+    if not isinstance(value, str) or not _MUNICIPALITY_CODE.fullmatch(value):
+        raise ValueError("expected the 5-digit municipality code (or 6 with its check digit)")
+    if int(value[:2]) not in PREFECTURES:
+        raise ValueError(f"{value[:2]} is no prefecture's code (01 to 47)")
+    if len(value) == 6 and value[5] != municipality_check_digit(value[:5]):
+        raise ValueError(f"the check digit of {value[:5]} is {municipality_check_digit(value[:5])}")
+    return value[:5]
+
+
+def municipality_check_digit(code: str) -> str:
+    """JIS X 0402's check digit: the digits weighted 6, 5, 4, 3, 2, summed; 11 minus the sum's
+    remainder by 11, its last digit (13101 Chiyoda: 131016)."""
+    total = sum(int(digit) * weight for digit, weight in zip(code, (6, 5, 4, 3, 2), strict=True))
+    return str((11 - total % 11) % 10)
 
 
 def municipality_code(name: str, value: Any) -> str:
-    if not isinstance(value, str) or not re.fullmatch(r"\d{5}\d?", value):
-        raise BadApplicantData(
-            "expected the 5-digit municipality code (or 6 with its check digit)", field=_field(name)
-        )
-    return value[:5]
+    try:
+        return parse_municipality_code(value)
+    except ValueError as exc:
+        raise BadApplicantData(str(exc), field=_field(name)) from None
 
 
 def office_code(name: str, value: Any) -> str:
@@ -185,9 +216,10 @@ SCHEMAS: dict[str, dict[str, Field]] = {
 }
 
 
-def validate_applicant(profile: Profile, data: Any) -> dict[str, Any]:
+def validate_applicant(profile: Profile, data: Any, today: date | None = None) -> dict[str, Any]:
     """Check applicant data against the profile's schema; unknown fields are refused (a typo must
-    not silently drop an item from a certificate)."""
+    not silently drop an item from a certificate). ``today`` (Japan time; the issuer's clock) bounds
+    the dates a living person and a valid card can have."""
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
@@ -207,9 +239,31 @@ def validate_applicant(profile: Profile, data: Any) -> dict[str, Any]:
                 raise BadApplicantData("this field is required", field=_field(key))
             continue
         clean[key] = spec.check(key, value)
+    _check_dates(clean, today or utcnow().astimezone(JST).date())
     if profile.subject == "jpki-sign":
         _check_jpki_sign(clean)
     return clean
+
+
+def _check_dates(clean: dict[str, Any], today: date) -> None:
+    """A birth date between the first day of Meiji (the oldest era the encoding has) and today; a
+    card expiry no later than a card issued today can have. (An expired card is refused by the
+    issuer's validity rule, ``ca.issuance``.)"""
+    birth = clean.get("birth_date")
+    if birth is None:
+        return
+    if not FIRST_ERA_DAY <= birth <= today:
+        raise BadApplicantData(
+            f"expected a birth date from {FIRST_ERA_DAY.isoformat()} (Meiji 1) to today ({today.isoformat()})",
+            field=_field("birth_date"),
+        )
+    expiry = clean.get("card_expiry")
+    if expiry is not None and expiry > latest_card_expiry(today, birth):
+        raise BadApplicantData(
+            f"no card has this expiry: a card issued today expires on {latest_card_expiry(today, birth)} "
+            "(the 10th birthday after issue, the 5th under 18)",
+            field=_field("card_expiry"),
+        )
 
 
 def _check_jpki_sign(clean: dict[str, Any]) -> None:

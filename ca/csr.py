@@ -29,7 +29,23 @@ def load_csr(data: bytes | str, field: str = "csr") -> x509.CertificateSigningRe
     data = as_bytes(data, field, "a PKCS#10 certificate request", BadCSR)
     if len(data) > MAX_CSR_BYTES:
         raise BadCSR(f"larger than {MAX_CSR_BYTES} bytes", field=field)
+    _one_request(data, field)
     return load_request(data, field, BadCSR)
+
+
+def _one_request(data: bytes, field: str) -> None:
+    """One request per field: cryptography reads the first PEM block and drops whatever surrounds
+    it unseen (a second request, text), so PEM is one block with nothing but white space around
+    it. (DER with bytes after the request is refused by cryptography itself.)"""
+    if b"-----BEGIN" not in data:
+        return
+    if data.count(b"-----BEGIN") > 1:
+        raise BadCSR("more than one PEM block: send exactly one certificate request", field=field)
+    begin = data.index(b"-----BEGIN")
+    end = data.find(b"-----END")
+    close = data.find(b"-----", end + len(b"-----END")) if end != -1 else -1
+    if data[:begin].strip() or (close != -1 and data[close + len(b"-----") :].strip()):
+        raise BadCSR("text around the PEM block: send exactly one certificate request", field=field)
 
 
 def key_spec_of(public_key: object) -> KeySpec | None:

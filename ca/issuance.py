@@ -130,7 +130,7 @@ class Issuer:
         profile = self.profile(request.profile)
         authority = self.authority_for(profile, request.authority)
         checked = check_csr(load_csr(request.csr), profile)
-        applicant = validate_applicant(profile, request.applicant)
+        applicant = validate_applicant(profile, request.applicant, today=now.astimezone(JST).date())
         not_after = self._not_after(profile, applicant, now)
         issuer_end = authority.certificate.not_valid_after_utc
         if not_after > issuer_end:
@@ -143,9 +143,7 @@ class Issuer:
     def _not_after(self, profile: Profile, applicant: dict[str, Any], now: datetime) -> datetime:
         if profile.validity == "jpki-birthday":
             birth = applicant["birth_date"]
-            today = now.astimezone(JST).date()
-            if birth > today:
-                raise PolicyRefused("the birth date lies in the future", field="applicant.birth_date")
+            today = now.astimezone(JST).date()  # not before the birth date (ca.applicant)
             age = age_on(today, birth)
             if age < profile.min_age:
                 raise PolicyRefused(

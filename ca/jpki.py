@@ -13,13 +13,23 @@ from ca.profiles import OtherNameItem
 from ca.timeutil import JST, end_of_day_jst
 
 # (first day of the era, era code) — newest first. 1 Meiji, 2 Taisho, 3 Showa, 4 Heisei, 5 Reiwa.
+# Meiji was proclaimed on 23 October 1868 for the whole year: 明治元年 begins on the first day of
+# Keiō 4 by the old calendar, 25 January 1868 Gregorian. No birth date before it has an era code.
 ERAS = (
     (date(2019, 5, 1), 5),
     (date(1989, 1, 8), 4),
     (date(1926, 12, 25), 3),
     (date(1912, 7, 30), 2),
-    (date(1868, 10, 23), 1),
+    (date(1868, 1, 25), 1),
 )
+FIRST_ERA_DAY = ERAS[-1][0]
+
+# The My Number card (個人番号カード) is valid until the holder's 10th birthday after the day it
+# is issued, or the 5th for a holder under 18 on that day (カード省令 art. 26: 発行の日後のその者の
+# 十回目の誕生日); a card issued today is the one that lasts longest.
+CARD_BIRTHDAYS = 10
+CARD_BIRTHDAYS_MINOR = 5
+CARD_ADULT_AGE = 18
 
 
 def era_code(day: date) -> int:
@@ -59,12 +69,24 @@ def age_on(day: date, birth: date) -> int:
     return years
 
 
+def nth_birthday_after(day: date, birth: date, n: int) -> date:
+    """The ``n``-th birthday strictly after ``day``."""
+    first = birthday_in(day.year, birth)
+    if first <= day:
+        first = birthday_in(day.year + 1, birth)
+    return birthday_in(first.year + n - 1, birth)
+
+
 def fifth_birthday_after(issued: date, birth: date) -> date:
     """The 5th birthday strictly after the day of issuance (発行日後5回目の誕生日)."""
-    first = birthday_in(issued.year, birth)
-    if first <= issued:
-        first = birthday_in(issued.year + 1, birth)
-    return birthday_in(first.year + 4, birth)
+    return nth_birthday_after(issued, birth, 5)
+
+
+def latest_card_expiry(today: date, birth: date) -> date:
+    """The furthest expiry a card can have today: that of a card issued today (the 10th birthday
+    after, or the 5th for a holder under 18). Any later date is not a card's."""
+    minor = age_on(today, birth) < CARD_ADULT_AGE
+    return nth_birthday_after(today, birth, CARD_BIRTHDAYS_MINOR if minor else CARD_BIRTHDAYS)
 
 
 def jpki_not_after(issued_at: datetime, birth: date, card_expiry: date) -> datetime:

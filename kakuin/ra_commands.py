@@ -28,7 +28,7 @@ from registration.credentials import (
 from registration.reconcile import Repair, grace_period, reconcile
 from registration.residents import load_resident_hasher
 from registration.server import DEFAULT_THREADS, gunicorn_argv
-from registration.store import ROLES, RegistrationStore
+from registration.store import ROLES, RegistrationStore, municipality_argument
 
 P12_PASSPHRASE_ENV = "KAKUIN_P12_PASSPHRASE"
 
@@ -123,8 +123,13 @@ def register(main: click.Group) -> None:
         """Register the office CODE (letters, digits, hyphens; e.g. the reception office code)."""
         if not code.replace("-", "").isalnum() or not code.isascii():
             raise BadRequest("letters, digits and hyphens only", field="code")
-        record = _store(state).add_office(code, name, actor())
-        click.echo(f"added office {record.code} ({record.name})")
+        store = _store(state)
+        record = store.add_office(code, name, actor())
+        served = store.municipalities(record.id)
+        where = (
+            f"; it serves municipality {', '.join(served)}" if served else "; it serves no municipality yet"
+        )
+        click.echo(f"added office {record.code} ({record.name}){where}")
 
     @office.command("list")
     @pass_state
@@ -134,6 +139,47 @@ def register(main: click.Group) -> None:
         for record in _store(state).offices():
             click.echo(f"{record.code:<16} {record.state:<8} {record.name}")
 
+    @office.group("municipalities")
+    def municipalities() -> None:
+        """The municipalities an office serves: the only ones its applications may name (a new
+        office serves the one its code starts with, 131010001: 13101)."""
+
+    @municipalities.command("list")
+    @click.argument("code")
+    @pass_state
+    @reports_errors
+    def municipalities_list(state: State, code: str) -> None:
+        """The municipality codes office CODE serves, one a line."""
+        store = _store(state)
+        for municipality in store.municipalities(store.office(code).id):
+            click.echo(municipality)
+
+    @municipalities.command("add")
+    @click.argument("code")
+    @click.argument("municipality", nargs=-1, required=True)
+    @pass_state
+    @reports_errors
+    def municipalities_add(state: State, code: str, municipality: tuple[str, ...]) -> None:
+        """Office CODE serves MUNICIPALITY (5 digits, or 6 with the check digit) from now on."""
+        codes = [municipality_argument(item) for item in municipality]  # all well formed, or none added
+        served: list[str] = []
+        for item in codes:
+            served = _store(state).add_municipality(code, item, actor())
+        click.echo(f"office {code} serves {', '.join(served)}")
+
+    @municipalities.command("remove")
+    @click.argument("code")
+    @click.argument("municipality", nargs=-1, required=True)
+    @pass_state
+    @reports_errors
+    def municipalities_remove(state: State, code: str, municipality: tuple[str, ...]) -> None:
+        """Office CODE no longer serves MUNICIPALITY: its applications naming it are refused."""
+        codes = [municipality_argument(item) for item in municipality]
+        served: list[str] = []
+        for item in codes:
+            served = _store(state).remove_municipality(code, item, actor())
+        click.echo(f"office {code} serves {', '.join(served) or 'no municipality'}")
+
     @main.group()
     def account() -> None:
         """Accounts of the registration authority and their client certificates."""
@@ -141,7 +187,12 @@ def register(main: click.Group) -> None:
     @account.command("add")
     @click.argument("name")
     @click.option("--role", required=True, type=click.Choice(ROLES), help="What the account may do.")
-    @click.option("--office", "office_code", help="The office of a clerk or reviewer.")
+    @click.option(
+        "--office",
+        "office_code",
+        help="The office of a clerk or reviewer; for a registry account, the office whose "
+        "municipalities its change notices are limited to (none: every municipality).",
+    )
     @pass_state
     @reports_errors
     def account_add(state: State, name: str, role: str, office_code: str | None) -> None:

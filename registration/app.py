@@ -24,8 +24,10 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from flask import Flask, Response, g, request
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import IntegerConverter
 
 from ca.errors import Forbidden, KakuinError, Unavailable
 from ca.service import CAContext
@@ -54,8 +56,67 @@ _TITLES = {
     "internal-error": "Internal server error",
 }
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+RETRY_AFTER_SECONDS = 5  # a 503's Retry-After: the database or the token is usually back by then
+MAX_NUMBER_CHARS = 32  # no number in a request needs more; int() of 4,301 digits raises ValueError
+# What the database driver raises when the database cannot be reached or written (locked, read-only,
+# disk I/O, connection gone) or the pool has no connection to give: nothing was done, try later.
+DATABASE_UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout)
 
 log = logging.getLogger("kakuin.ra")
+
+
+class _AsciiInteger(IntegerConverter):
+    """``<int:…>`` path parts as ASCII digits only (werkzeug's ``\\d+`` takes "５" for 5)."""
+
+    regex = r"[0-9]{1,19}"
+
+
+class _NotPlainJSON(ValueError):
+    pass
+
+
+def _number(kind: type[int] | type[float]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        if len(text) > MAX_NUMBER_CHARS:
+            raise _NotPlainJSON(f"a number of {len(text)} characters (at most {MAX_NUMBER_CHARS})")
+        return kind(text)
+
+    return parse
+
+
+def _no_constant(name: str) -> Any:
+    raise _NotPlainJSON(f"{name} is not a JSON value")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise _NotPlainJSON(f"the member {key!r} appears twice in one object")
+        data[key] = value
+    return data
+
+
+def parse_json(raw: bytes) -> Any:
+    """JSON as RFC 8259 has it and nothing more: numbers of bounded length (a 5,000-digit integer
+    would make int() raise deep inside), no NaN or Infinity, no member twice in one object (which
+    of the two would count?). ``ValueError`` says what is wrong."""
+    return json.loads(
+        raw,
+        parse_int=_number(int),
+        parse_float=_number(float),
+        parse_constant=_no_constant,
+        object_pairs_hook=_no_duplicates,
+    )
+
+
+class _RA(Flask):
+    def log_exception(self, exc_info: Any) -> None:
+        """Flask's own would log the traceback with the message, which may carry input: the
+        exception's type only, as for every other error."""
+        log.error(
+            "unexpected error", exc_info=exc_info, extra={"fields": {"request_id": g.get("request_id")}}
+        )
 
 
 class Problem(Exception):
@@ -79,7 +140,10 @@ def problem_response(
     if field:
         body["field"] = field
         body["invalid-params"] = [{"name": field, "reason": detail}]
-    return Response(json.dumps(body, ensure_ascii=False), status=status, mimetype=PROBLEM)
+    response = Response(json.dumps(body, ensure_ascii=False), status=status, mimetype=PROBLEM)
+    if status == 503:
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
 
 
 def json_response(data: Any, status: int = 200, location: str | None = None) -> Response:
@@ -245,7 +309,8 @@ def create_app(ctx: CAContext | None = None, config: str | None = None) -> Flask
     metrics = Metrics(store)
     configure_logging()
 
-    app = Flask("registration")
+    app = _RA("registration")
+    app.url_map.converters["int"] = _AsciiInteger  # before any route, the console's included
     app.config["MAX_CONTENT_LENGTH"] = max_body
     app.extensions["kakuin.ra"] = service
     from registration import console
@@ -316,9 +381,12 @@ def create_app(ctx: CAContext | None = None, config: str | None = None) -> Flask
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
-        kind = {404: "not-found", 405: "method-not-allowed", 413: "request-too-large"}.get(
-            status, "http-error"
-        )
+        kind = {
+            404: "not-found",
+            405: "method-not-allowed",
+            413: "request-too-large",
+            500: "internal-error",
+        }.get(status, "http-error")
         detail = exc.description or ""
         if status == 413:
             detail = f"the request body is larger than {max_body} bytes"
@@ -327,6 +395,17 @@ def create_app(ctx: CAContext | None = None, config: str | None = None) -> Flask
         if status == 405 and exc.get_response().headers.get("Allow"):
             response.headers["Allow"] = exc.get_response().headers["Allow"]
         return response
+
+    def database_unavailable(exc: Exception) -> Response:
+        log.warning(
+            "database unavailable", exc_info=exc, extra={"fields": {"request_id": g.get("request_id")}}
+        )
+        return problem_response(
+            503, "unavailable", "the database cannot be reached or written now; nothing was changed"
+        )
+
+    for error in DATABASE_UNAVAILABLE:
+        app.register_error_handler(error, database_unavailable)
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:
@@ -349,10 +428,10 @@ def create_app(ctx: CAContext | None = None, config: str | None = None) -> Flask
             )
         raw = request.get_data(cache=True)
         try:
-            data = json.loads(raw) if raw else None
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            data = parse_json(raw) if raw else None
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError too
             raise Problem(400, "malformed-json", f"the body is not valid JSON ({exc})", "body") from None
-        _refuse_nul(data, "body")
+        _refuse_unstorable(data, "body")
         return data
 
     def replay(row: dict[str, Any], digest: str) -> Response:
@@ -730,18 +809,24 @@ def create_app(ctx: CAContext | None = None, config: str | None = None) -> Flask
     return app
 
 
-def _refuse_nul(value: Any, where: str) -> None:
-    """No text in Kakuin holds U+0000 (PostgreSQL cannot store it; no name or address has it)."""
+def _refuse_unstorable(value: Any, where: str) -> None:
+    """No text in Kakuin holds U+0000 (PostgreSQL cannot store it; no name or address has it) or
+    a lone surrogate ("\\ud800" is valid JSON but no UTF-8: no database driver can store it)."""
     if isinstance(value, str):
         if "\x00" in value:
             raise Problem(400, "bad-request", "NUL characters are not allowed", where)
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise Problem(400, "bad-request", "not Unicode text (a lone surrogate)", where) from None
     elif isinstance(value, dict):
         for key, item in value.items():
-            _refuse_nul(key, where)
-            _refuse_nul(item, f"{where}.{key}" if where != "body" else str(key))
+            _refuse_unstorable(key, where)
+            _refuse_unstorable(item, f"{where}.{key}" if where != "body" else str(key))
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            _refuse_nul(item, f"{where}[{index}]")
+            _refuse_unstorable(item, f"{where}[{index}]")
 
 
 def _drain(stream: Any, limit: int = 8 * 1024 * 1024) -> None:

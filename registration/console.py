@@ -40,6 +40,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from ca.errors import KakuinError
 from registration import i18n
+from registration.app import DATABASE_UNAVAILABLE, RETRY_AFTER_SECONDS, log
 from registration.service import Caller, RegistrationService
 from registration.store import ApplicationRecord
 
@@ -64,9 +65,8 @@ PROFILE_FIELDS: dict[str, tuple[str, ...]] = {
         "prefecture",
         "municipality",
         "municipality_code",
-        "office_code",
         "card_expiry",
-    ),
+    ),  # no office_code: the office applies in its own name (registration.service fills it in)
     "jpki-auth": ("birth_date", "card_expiry", "municipality_code"),
     "lgpki-org-user": ("organization", "unit", "common_name", "email"),
     "lgpki-post": ("organization", "post"),
@@ -139,7 +139,10 @@ def page(template: str, status: int = 200, **context: Any) -> Response:
 
 
 def error_page(status: int, message: str, detail: str | None = None) -> Response:
-    return page("error.html", status, message=message, detail=detail)
+    response = page("error.html", status, message=message, detail=detail)
+    if status == 503:
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
 
 
 def error_message(exc: KakuinError) -> str:
@@ -207,6 +210,19 @@ def kakuin_error(exc: KakuinError) -> Response:
 def http_error(exc: HTTPException) -> Response:
     status = exc.code or 500
     return error_page(status, t("error.not-found") if status == 404 else str(exc.name), exc.description)
+
+
+@bp.errorhandler(Exception)
+def unexpected(exc: Exception) -> Response:
+    """Anything else gets the console's own page (a blueprint's handler comes before the app's
+    problem+json ones), and the log gets the exception's type only, as the API's does."""
+    g.setdefault("lang", "ja")  # the failure may come before guard() chose the language
+    fields = {"fields": {"request_id": g.get("request_id")}}
+    if isinstance(exc, DATABASE_UNAVAILABLE):
+        log.warning("database unavailable", exc_info=exc, extra=fields)
+        return error_page(503, t("error.unavailable"))
+    log.error("unexpected error", exc_info=exc, extra=fields)
+    return error_page(500, t("error.internal"), f"request id {g.get('request_id')}")
 
 
 # -- helpers for templates ---------------------------------------------------------------------

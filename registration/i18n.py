@@ -148,6 +148,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "一時的に利用できません。しばらくしてから再度お試しください。",
         "Temporarily unavailable; try again later.",
     ),
+    "error.internal": (
+        "サーバーで予期しないエラーが発生しました。変更は行われていません。",
+        "Something unexpected failed on the server; nothing was changed.",
+    ),
 }
 
 # Service error details (English, stable) that deserve their own Japanese sentence.

@@ -29,6 +29,21 @@ class Office(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class OfficeMunicipality(Base):
+    """A municipality (its 5-digit code) that an office serves, kept by the registry admin: the
+    only municipalities the office's applications may name, and so the only CRL partitions (per
+    municipality) that a client's application can lead to; a registry account of the office sends
+    change notices for these only."""
+
+    __tablename__ = "ra_office_municipalities"
+    __table_args__ = (UniqueConstraint("office_id", "municipality_code", name="uq_ra_office_municipalities"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    office_id: Mapped[int] = mapped_column(ForeignKey("ra_offices.id"))
+    municipality_code: Mapped[str] = mapped_column(String(5))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class Account(Base):
     """A person or system that calls the RA, known by the SHA-256 fingerprint of its TLS client
     certificate (issued by the operator CA). ``role``: clerk | reviewer (with an office),

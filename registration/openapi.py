@@ -41,13 +41,18 @@ def _problems(*codes: str) -> dict[str, Any]:
         "422": "Well formed but refused by a rule (profile policy, Idempotency-Key reused with another body)",
         "503": "The database or the token cannot be reached; nothing was changed",
     }
-    return {
+    responses: dict[str, Any] = {
         code: {
             "description": titles[code],
             "content": {"application/problem+json": {"schema": _ref("Problem")}},
         }
         for code in codes
     }
+    if "503" in responses:
+        responses["503"]["headers"] = {
+            "Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait before retrying"}
+        }
+    return responses
 
 
 def _json(schema: dict[str, Any], description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -162,7 +167,9 @@ def _schemas() -> dict[str, Any]:
                 "csr": {"type": "string", "description": "PKCS#10, PEM", "maxLength": 65536},
                 "applicant": {
                     "type": "object",
-                    "description": "Reviewed applicant data (docs/applicant-data.md)",
+                    "description": "Reviewed applicant data (docs/applicant-data.md); `office_code` is the "
+                    "submitting office's (filled in when absent, refused when another), `municipality_code` "
+                    "one the office serves",
                 },
                 "resident_id": {
                     "type": "string",
@@ -362,7 +369,11 @@ def _schemas() -> dict[str, Any]:
             "properties": {
                 "name": {"type": "string", "pattern": "^[A-Za-z0-9_.@-]{1,64}$"},
                 "role": {"type": "string", "enum": ["clerk", "reviewer", "operator", "admin", "registry"]},
-                "office": {"type": "string", "description": "Clerks and reviewers only"},
+                "office": {
+                    "type": "string",
+                    "description": "Clerks and reviewers (required); registry accounts (optional: their change "
+                    "notices reach only the office's municipalities)",
+                },
             },
         },
         "Verifier": {

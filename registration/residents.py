@@ -35,11 +35,11 @@ EVENT_RULES: dict[str, tuple[frozenset[str], str]] = {
     "card_lapsed": (frozenset({"jpki-sign", "jpki-auth"}), "cessationOfOperation"),
 }
 
-_RESIDENT_ID = re.compile(r"\d{11}")
+_RESIDENT_ID = re.compile(r"[0-9]{11}", re.ASCII)  # \d would take "１２３…" and other scripts' digits
 
 
 def check_resident_id(value: object, field: str = "resident_id") -> str:
-    """The resident-record code is 11 digits (住民基本台帳法 §7 xiii); nothing else is accepted."""
+    """The resident-record code is 11 ASCII digits (住民基本台帳法 §7 xiii); nothing else is accepted."""
     if not isinstance(value, str) or not _RESIDENT_ID.fullmatch(value):
         raise BadRequest("expected the resident's 11-digit identifier", field=field)
     return value

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from ca.applicant import SCHEMAS
 from ca.errors import BadRequest, Conflict, Forbidden, KakuinError, NotFound, PolicyRefused
 from ca.foreign import load_certificate
 from ca.issuance import IssuanceRequest, IssuedCertificate
@@ -145,6 +147,13 @@ class RegistrationService:
         csr = _text(data, "csr", 64 * 1024)
         authority = _text(data, "authority", 64, required=False)
         applicant = data.get("applicant")
+        if (
+            isinstance(applicant, Mapping)
+            and "office_code" in SCHEMAS.get(profile.subject, {})
+            and applicant.get("office_code") in (None, "")
+        ):
+            # the office applies in its own name: its code goes into the subject unless given
+            applicant = {**applicant, "office_code": account.office_code}
         resident_key = None
         if profile.subject in JPKI_KINDS:
             resident_key = self.hasher(check_resident_id(data.get("resident_id")))
@@ -155,6 +164,8 @@ class RegistrationService:
         prepared = self.ctx.issuer.prepare(
             IssuanceRequest(profile=profile_name, csr=csr or "", applicant=applicant, authority=authority)
         )
+        assert account.office_code is not None
+        self._check_own_name(account.office_id, account.office_code, prepared.applicant)
         return self.store.add_application(
             office_id=account.office_id,
             profile=profile_name,
@@ -238,6 +249,7 @@ class RegistrationService:
         # caller shares the transaction). A worker that dies between them leaves a claim that
         # ``registration.reconcile`` repairs.
         prepared = self.ctx.issuer.prepare(self._issuance_request(app, account))
+        self._check_own_name(app.office_id, app.office_code, prepared.applicant)  # the list may have changed
         with self.store.transaction() as tx:
             claimed = self.store.record_review(
                 app, stage=2, account=account, decision="approve", reason=reason, new_state="issuing"
@@ -249,6 +261,24 @@ class RegistrationService:
                 tx.commit()  # the failure is recorded even though the request fails
                 raise
             return self.store.mark_issued(claimed, issued.authority, issued.serial, account)
+
+    def _check_own_name(self, office_id: int, office_code: str, applicant: Mapping[str, Any]) -> None:
+        """An office applies only in its own name (the reception office code in the certificate's
+        subject is its own) and only for a municipality it serves: the municipality names the
+        certificate's CRL partition, so a client value never creates one."""
+        given = applicant.get("office_code")
+        if given is not None and given != office_code:
+            raise PolicyRefused(
+                f"an office applies in its own name: this is office {office_code}'s application, not {given}'s",
+                field="applicant.office_code",
+            )
+        municipality = applicant.get("municipality_code")
+        if municipality is not None and not self.store.serves(office_id, municipality):
+            served = ", ".join(self.store.municipalities(office_id)) or "none"
+            raise PolicyRefused(
+                f"office {office_code} does not serve municipality {municipality} (it serves: {served})",
+                field="applicant.municipality_code",
+            )
 
     def _issuance_request(self, app: ApplicationRecord, account: AccountRecord) -> IssuanceRequest:
         return IssuanceRequest(
@@ -503,7 +533,12 @@ class RegistrationService:
             # a worker died while applying it: applying again is safe (revoked stays revoked)
         affected, reason = EVENT_RULES[kind]
         certificates = self.ctx.store.resident_certificates(resident_key)
-        known = bool(certificates) or self.store.residents_known(resident_key)
+        if sender.office_id is None:  # the nationwide feed
+            known = bool(certificates) or self.store.residents_known(resident_key)
+        else:  # a municipality's own registry: its municipalities' certificates only (their CRL partition)
+            served = set(self.store.municipalities(sender.office_id))
+            certificates = [record for record in certificates if record.partition in served]
+            known = bool(certificates)
         revoked: list[dict[str, Any]] = []
         kept: list[dict[str, Any]] = []
         for record in certificates:
@@ -600,13 +635,15 @@ class RegistrationService:
         return self.verifiers.disable(name, account.actor)
 
 
+_WHOLE_NUMBER = re.compile(r"[0-9]{1,19}", re.ASCII)  # int() would also take "５", " 5" and "5_0"
+
+
 def _int(value: str | None, field: str, default: int | None, low: int, high: int) -> int | None:
     if value is None or value == "":
         return default
-    try:
-        number = int(value)
-    except ValueError:
-        raise BadRequest("expected a whole number", field=field) from None
+    if not _WHOLE_NUMBER.fullmatch(value):
+        raise BadRequest("expected a whole number (ASCII digits)", field=field)
+    number = int(value)
     if not low <= number <= high:
         raise BadRequest(f"expected {low}..{high}", field=field)
     return number

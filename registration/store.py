@@ -10,6 +10,7 @@ is held while the token signs (issuance commits the claim and the reserved row f
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -20,6 +21,7 @@ from sqlalchemy import Table, and_, bindparam, delete, func, insert, select, upd
 from sqlalchemy.engine import Connection, Engine, RowMapping
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from ca.applicant import parse_municipality_code
 from ca.db import Transaction, joined, transaction
 from ca.errors import BadRequest, Conflict, NotFound, Unavailable
 from ca.store import Store as CAStore
@@ -30,12 +32,14 @@ from registration.models import (
     Application,
     IdempotencyKey,
     Office,
+    OfficeMunicipality,
     ResidentEvent,
     Review,
     RevocationRequest,
 )
 
 offices_t = cast(Table, Office.__table__)
+served_t = cast(Table, OfficeMunicipality.__table__)
 accounts_t = cast(Table, Account.__table__)
 applications_t = cast(Table, Application.__table__)
 reviews_t = cast(Table, Review.__table__)
@@ -45,6 +49,30 @@ idem_t = cast(Table, IdempotencyKey.__table__)
 
 ROLES = ("clerk", "reviewer", "operator", "admin", "registry")
 OFFICE_ROLES = ("clerk", "reviewer")
+# A registry account may belong to an office (a municipality's own resident-registry system: its
+# notices reach only the certificates of the office's municipalities) or to none (the nationwide feed).
+OPTIONAL_OFFICE_ROLES = ("registry",)
+# A reception office code whose first five characters are a municipality's code (131010001:
+# Chiyoda, 13101): the office serves that municipality unless the admin says otherwise.
+_MUNICIPAL_OFFICE_CODE = re.compile(r"[0-9]{5}[0-9A-Za-z]{4}", re.ASCII)
+
+
+def default_municipality(office_code: str) -> str | None:
+    """The municipality a new office serves by default: the one its code starts with, if any."""
+    if not _MUNICIPAL_OFFICE_CODE.fullmatch(office_code):
+        return None
+    try:
+        return parse_municipality_code(office_code[:5])
+    except ValueError:
+        return None
+
+
+def municipality_argument(value: object) -> str:
+    """A municipality code typed by the admin, in the exact form applications carry it."""
+    try:
+        return parse_municipality_code(value)
+    except ValueError as exc:
+        raise BadRequest(str(exc), field="municipality") from None
 
 
 @dataclass(frozen=True)
@@ -215,6 +243,9 @@ _UPDATE_IF_UNCOLLECTED = update(applications_t).where(
     and_(applications_t.c.id == bindparam("b_id"), applications_t.c.collected_at.is_(None))
 )
 _INSERT_IDEMPOTENCY_KEY = insert(idem_t)
+_SERVES = select(served_t.c.id).where(
+    and_(served_t.c.office_id == bindparam("b_office"), served_t.c.municipality_code == bindparam("b_code"))
+)
 
 
 def _pk(result: Any) -> int:
@@ -276,15 +307,85 @@ class RegistrationStore:
     # -- offices ------------------------------------------------------------------------------
 
     def add_office(self, code: str, name: str, actor: str) -> OfficeRecord:
+        """A new office, serving the municipality its code starts with (``default_municipality``)."""
+        municipality = default_municipality(code)
+        now = utcnow()
         with self._begin() as conn:
             try:
-                conn.execute(
-                    insert(offices_t).values(code=code, name=name, state="active", created_at=utcnow())
+                result = conn.execute(
+                    insert(offices_t).values(code=code, name=name, state="active", created_at=now)
                 )
             except IntegrityError:
                 raise Conflict(f"an office with code {code!r} exists already", field="code") from None
-            CAStore._audit(conn, actor, "office.add", detail={"office": code})
+            if municipality is not None:
+                conn.execute(
+                    insert(served_t).values(
+                        office_id=_pk(result), municipality_code=municipality, created_at=now
+                    )
+                )
+            detail: dict[str, Any] = {"office": code}
+            if municipality is not None:
+                detail["municipalities"] = [municipality]
+            CAStore._audit(conn, actor, "office.add", detail=detail)
         return self.office(code)
+
+    def municipalities(self, office_id: int) -> list[str]:
+        """The municipalities the office serves, by code."""
+        with self._connect() as conn:
+            rows = conn.execute(
+                select(served_t.c.municipality_code)
+                .where(served_t.c.office_id == office_id)
+                .order_by(served_t.c.municipality_code)
+            )
+            return [row.municipality_code for row in rows]
+
+    def serves(self, office_id: int, municipality: str) -> bool:
+        with self._connect() as conn:
+            return conn.execute(_SERVES, {"b_office": office_id, "b_code": municipality}).first() is not None
+
+    def add_municipality(self, office_code: str, municipality: str, actor: str) -> list[str]:
+        """The office serves ``municipality`` from now on; its municipalities are returned."""
+        office = self.office(office_code)
+        municipality = municipality_argument(municipality)
+        with self._begin() as conn:
+            try:
+                conn.execute(
+                    insert(served_t).values(
+                        office_id=office.id, municipality_code=municipality, created_at=utcnow()
+                    )
+                )
+            except IntegrityError:
+                raise Conflict(
+                    f"office {office.code} serves {municipality} already", field="municipality"
+                ) from None
+            CAStore._audit(
+                conn,
+                actor,
+                "office.municipality_add",
+                detail={"office": office.code, "municipality": municipality},
+            )
+        return self.municipalities(office.id)
+
+    def remove_municipality(self, office_code: str, municipality: str, actor: str) -> list[str]:
+        """The office no longer serves ``municipality``: its applications naming it are refused
+        from now on, at submission and at the second review."""
+        office = self.office(office_code)
+        municipality = municipality_argument(municipality)
+        with self._begin() as conn:
+            removed = conn.execute(
+                delete(served_t).where(
+                    and_(served_t.c.office_id == office.id, served_t.c.municipality_code == municipality)
+                )
+            ).rowcount
+            if not removed:
+                raise NotFound(f"office {office.code} does not serve {municipality}", field="municipality")
+            CAStore._audit(
+                conn,
+                actor,
+                "office.municipality_remove",
+                detail={"office": office.code, "municipality": municipality},
+            )
+        return self.municipalities(office.id)
 
     def office(self, code: str) -> OfficeRecord:
         with self._connect() as conn:
@@ -306,6 +407,8 @@ class RegistrationStore:
         if role in OFFICE_ROLES:
             if not office:
                 raise BadRequest(f"a {role} belongs to an office", field="office")
+            office_id = self.office(office).id
+        elif office and role in OPTIONAL_OFFICE_ROLES:
             office_id = self.office(office).id
         elif office:
             raise BadRequest(f"a {role} belongs to no office", field="office")

@@ -109,11 +109,6 @@ def test_sex_codes(ca_ctx: CAContext, rsa_key: rsa.RSAPrivateKey, sex: str) -> N
     assert items[f"{ARC}.3"] == sex
 
 
-def test_sex_given_as_number_is_encoded_as_text(ca_ctx: CAContext, rsa_key: rsa.RSAPrivateKey) -> None:
-    items = dict(other_names(issue_sign(ca_ctx, rsa_key, sex=2)))
-    assert items[f"{ARC}.3"] == "2"
-
-
 @pytest.mark.parametrize(
     ("birth", "encoded", "now"),
     [
@@ -150,6 +145,7 @@ def test_reiwa_birth_dates_in_certificates(fresh_ctx: CAContext, rsa_key: rsa.RS
         (date(1926, 12, 25), "319261225"),  # first day of Showa
         (date(1912, 7, 29), "119120729"),  # last day of Meiji
         (date(1912, 7, 30), "219120730"),  # first day of Taisho
+        (date(1868, 1, 25), "118680125"),  # first day of Meiji 1 (Keiō 4-1-1, the era's year began then)
     ],
 )
 def test_era_code_boundaries(birth: date, encoded: str) -> None:
@@ -252,6 +248,40 @@ BAD: list[tuple[str, dict[str, Any], str, str]] = [
     ("control character", {"name": "山田\n花子", "name_substitutes": "00000"}, "applicant.name", "control"),
     ("office code short", {"office_code": "1310"}, "applicant.office_code", "9-character"),
     ("municipality code letters", {"municipality_code": "1310A"}, "applicant.municipality_code", "5-digit"),
+    # the exact forms only (issue 15): what int() or a \d pattern would have let through
+    ("sex as a number", {"sex": 2}, "applicant.sex", "string"),
+    ("sex full width", {"sex": "２"}, "applicant.sex", "string"),
+    ("birth date of year 1", {"birth_date": "0001-01-01"}, "applicant.birth_date", "1868-01-25"),
+    ("birth date before Meiji", {"birth_date": "1867-01-01"}, "applicant.birth_date", "Meiji"),
+    ("birth date the day before Meiji", {"birth_date": "1868-01-24"}, "applicant.birth_date", "Meiji"),
+    ("birth date in the future", {"birth_date": "2999-01-01"}, "applicant.birth_date", "today"),
+    ("birth date without dashes", {"birth_date": "19850715"}, "applicant.birth_date", "YYYY-MM-DD"),
+    ("birth date as a week", {"birth_date": "1985-W28-1"}, "applicant.birth_date", "YYYY-MM-DD"),
+    ("card expiry 9999", {"card_expiry": "9999-12-31"}, "applicant.card_expiry", "10th birthday"),
+    (
+        "municipality full width",
+        {"municipality_code": "１３１０１"},
+        "applicant.municipality_code",
+        "5-digit",
+    ),
+    (
+        "municipality of no prefecture",
+        {"municipality_code": "99999"},
+        "applicant.municipality_code",
+        "prefecture",
+    ),
+    (
+        "municipality prefecture 00",
+        {"municipality_code": "00101"},
+        "applicant.municipality_code",
+        "prefecture",
+    ),
+    (
+        "municipality check digit",
+        {"municipality_code": "131017"},
+        "applicant.municipality_code",
+        "check digit of 13101 is 6",
+    ),
 ]
 
 

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ca.errors import PolicyRefused
+from ca.errors import BadApplicantData, PolicyRefused
 from ca.issuance import IssuanceRequest, PreparedIssuance
 from ca.jpki import age_on, birthday_in, fifth_birthday_after, jpki_not_after
 from ca.service import CAContext
@@ -91,12 +91,12 @@ def test_leap_day_applicant_is_refused_on_28_february_of_their_15th_year(
         y for y in range(base_year, base_year + 8) if calendar.isleap(y - 15) and not calendar.isleap(y)
     )
     birth = f"{year - 15}-02-29"
-    expiry = f"{year + 6}-01-01"
+    fifth = date(year + 5, 2, 29 if calendar.isleap(year + 5) else 28)  # 5 birthdays after 1 March
+    expiry = fifth.isoformat()  # a minor's card: until the 5th birthday after its issue
     with pytest.raises(PolicyRefused, match="the holder is 14") as caught:
         prepare(ca_ctx, csr, jst(year, 2, 28, 23, 59, 59), birth_date=birth, card_expiry=expiry)
     assert caught.value.field == "applicant.birth_date"
     prepared = prepare(ca_ctx, csr, jst(year, 3, 1, 0, 0, 0), birth_date=birth, card_expiry=expiry)
-    fifth = date(year + 5, 2, 29 if calendar.isleap(year + 5) else 28)  # 5 birthdays after 1 March
     assert prepared.not_after == end_of(fifth)
 
 
@@ -143,14 +143,16 @@ def test_issue_day_is_the_japanese_calendar_day() -> None:
 
 def test_fifteenth_birthday_accepted(ca_ctx: CAContext, csr: bytes, base_year: int) -> None:
     birth = f"{base_year - 15}-08-20"
-    prepared = prepare(ca_ctx, csr, jst(base_year, 8, 20, 0, 0, 0), birth_date=birth)
+    card = f"{base_year + 5}-08-20"  # a minor's card issued today: the 5th birthday after
+    prepared = prepare(ca_ctx, csr, jst(base_year, 8, 20, 0, 0, 0), birth_date=birth, card_expiry=card)
     assert prepared.not_after == end_of(date(base_year + 5, 8, 20))
 
 
 def test_day_before_fifteenth_birthday_refused(ca_ctx: CAContext, csr: bytes, base_year: int) -> None:
     birth = f"{base_year - 15}-08-20"
     with pytest.raises(PolicyRefused) as caught:
-        prepare(ca_ctx, csr, jst(base_year, 8, 19, 23, 59, 59), birth_date=birth)
+        card = f"{base_year + 4}-08-20"
+        prepare(ca_ctx, csr, jst(base_year, 8, 19, 23, 59, 59), birth_date=birth, card_expiry=card)
     assert caught.value.field == "applicant.birth_date"
     assert "14" in caught.value.detail and "15" in caught.value.detail
     assert caught.value.http_status == 422
@@ -158,15 +160,22 @@ def test_day_before_fifteenth_birthday_refused(ca_ctx: CAContext, csr: bytes, ba
 
 def test_user_authentication_has_no_minimum_age(ca_ctx: CAContext, csr: bytes, base_year: int) -> None:
     prepared = prepare(
-        ca_ctx, csr, jst(base_year, 4, 1), profile="jpki-auth", birth_date=f"{base_year - 3}-06-01"
+        ca_ctx,
+        csr,
+        jst(base_year, 4, 1),
+        profile="jpki-auth",
+        birth_date=f"{base_year - 3}-06-01",
+        card_expiry=f"{base_year + 4}-06-01",  # a child's card: the 5th birthday after its issue
     )
     assert prepared.not_after == end_of(date(base_year + 4, 6, 1))
 
 
 def test_birth_date_in_the_future_refused(ca_ctx: CAContext, csr: bytes, base_year: int) -> None:
-    with pytest.raises(PolicyRefused) as caught:
+    """Not a birth date at all (bad applicant data): after the issuer's today, not the machine's."""
+    with pytest.raises(BadApplicantData) as caught:
         prepare(ca_ctx, csr, jst(base_year, 4, 1), profile="jpki-auth", birth_date=f"{base_year}-04-02")
     assert caught.value.field == "applicant.birth_date"
+    assert f"today ({base_year}-04-01)" in caught.value.detail
 
 
 @pytest.mark.parametrize(
@@ -220,6 +229,22 @@ def test_expired_card_refused(ca_ctx: CAContext, csr: bytes, base_year: int) -> 
     assert "expired" in caught.value.detail
 
 
+def test_no_card_expiry_beyond_a_card_issued_today(ca_ctx: CAContext, csr: bytes, base_year: int) -> None:
+    """A card issued today runs to the 10th birthday after today (the 5th for a holder under 18);
+    a later expiry is no card's. The certificate still ends at the 5th birthday."""
+    now = jst(base_year, 3, 1)
+    for birth, latest, certificate_end in [
+        ("1990-07-15", date(base_year + 9, 7, 15), date(base_year + 4, 7, 15)),
+        (f"{base_year - 16}-07-15", date(base_year + 4, 7, 15), date(base_year + 4, 7, 15)),  # 15 today
+    ]:
+        prepared = prepare(ca_ctx, csr, now, birth_date=birth, card_expiry=latest.isoformat())
+        assert prepared.not_after == end_of(certificate_end)
+        with pytest.raises(BadApplicantData) as caught:
+            prepare(ca_ctx, csr, now, birth_date=birth, card_expiry=(latest + timedelta(days=1)).isoformat())
+        assert caught.value.field == "applicant.card_expiry"
+        assert latest.isoformat() in caught.value.detail
+
+
 def test_never_beyond_the_issuers_not_after(fresh_ctx: CAContext, csr: bytes, tmp_path: Path) -> None:
     """(A fresh CA: the certificate is dated years ahead and should not sit in the shared one.)"""
     ca_ctx = fresh_ctx
@@ -268,7 +293,11 @@ def cases(draw: st.DrawFn, first: datetime) -> tuple[datetime, date, date]:
     ).replace(microsecond=0)
     today = now.astimezone(JST).date()
     birth = draw(st.dates(min_value=date(1920, 1, 1), max_value=date(today.year - 16, 12, 31)))
-    expiry = draw(st.dates(min_value=today, max_value=today + timedelta(days=12 * 365)))
+    # A card runs to the 10th birthday after its issue (the 5th under 18): 9 and 4 years from
+    # today are within what a card issued today can have.
+    age = today.year - birth.year - ((today.month, today.day) < (birth.month, birth.day))
+    card_years = 9 if age >= 18 else 4
+    expiry = draw(st.dates(min_value=today, max_value=today + timedelta(days=card_years * 365)))
     return now, birth, expiry
 
 

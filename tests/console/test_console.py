@@ -286,6 +286,8 @@ def test_resident_application_field_errors_and_personal_data(
     clerk.goto(office.clerk.base + "/console/applications/new?profile=jpki-sign")
     assert clerk.locator("label[for=f-birth_date]").inner_text() == "生年月日"
     applicant = jpki_sign_applicant(birth_date="1985-13-45")
+    del applicant["office_code"]  # not asked: the office applies in its own name
+    assert clerk.locator("#f-office_code").count() == 0
     clerk.set_input_files("#csr", str(csr_file(tmp_path)))
     clerk.fill("#resident_id", resident_id())
     for name, value in applicant.items():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import string
 import subprocess
 import time
 import uuid
@@ -27,6 +28,7 @@ from registration.store import RegistrationStore
 from tests.conftest import jpki_auth_applicant, jpki_sign_applicant, make_csr
 
 ROOT = Path(__file__).resolve().parents[2]
+CHIYODA = "13101"  # the municipality of tests.conftest's applicants
 
 
 def free_port() -> int:
@@ -67,9 +69,13 @@ class RA:
     prefix: str
     clients: dict[str, Client] = field(default_factory=dict)
 
-    def office(self, suffix: str) -> str:
-        code = f"{self.prefix}-{suffix}"
-        self.store.add_office(code, f"office {suffix}", "test")
+    def office(self, suffix: str, municipality: str = CHIYODA) -> str:
+        """A new office with a reception office code of its own (9 characters, starting with the
+        municipality it serves by default: Chiyoda's, as the applicants of the tests)."""
+        code = municipality + "".join(
+            secrets.choice(string.ascii_uppercase + string.digits) for _ in range(4)
+        )
+        self.store.add_office(code, f"office {self.prefix}-{suffix}", "test")
         return code
 
     def account(self, name: str, role: str, office: str | None = None) -> Client:
@@ -197,8 +203,12 @@ def resident_id() -> str:
 
 
 def submission(profile: str, rsa_key, **extra: object) -> dict[str, object]:
+    """An application as a clerk sends it; a signature certificate's office code is left to the
+    RA, which fills in the submitting office's."""
+    sign = jpki_sign_applicant()
+    del sign["office_code"]
     applicant = {
-        "jpki-sign": jpki_sign_applicant(),
+        "jpki-sign": sign,
         "jpki-auth": jpki_auth_applicant(),
         "lgpki-post": {"organization": "千代田区", "post": "区長"},
     }[profile]

@@ -73,7 +73,7 @@ def test_health_metrics_and_logs(ra: RA, people: People, rsa_key) -> None:
     rid = resident_id()
     name = "個人　情報子"
     body = submission("jpki-sign", rsa_key, resident_id=rid)
-    body["applicant"] = jpki_sign_applicant(name=name, name_substitutes="000000")
+    body["applicant"] = jpki_sign_applicant(name=name, name_substitutes="000000", office_code=people.a.code)
     assert people.a.clerk.post("/v1/applications", body).status_code == 201
     assert people.operator.get("/v1/applications?limit=1").status_code == 200
     metrics = people.operator.get("/metrics")

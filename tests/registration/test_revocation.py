@@ -178,5 +178,5 @@ def test_unknown_resident_and_bad_events(ra: RA, people: People, registry) -> No
 
 def test_sign_certificate_of_minor_is_refused_at_submission(people: People, rsa_key) -> None:
     young = submission("jpki-sign", rsa_key)
-    young["applicant"] = jpki_sign_applicant(birth_date="2020-01-01")
+    young["applicant"] = jpki_sign_applicant(birth_date="2020-01-01", card_expiry="2030-01-01")
     problem(people.a.clerk.post("/v1/applications", young), 422, "applicant.birth_date")

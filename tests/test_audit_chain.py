@@ -639,3 +639,96 @@ def test_init_creates_the_audit_key(softhsm: dict[str, str], tmp_path: Path) -> 
     finally:
         ctx.token.close()
         ctx.engine.dispose()
+
+
+# -- the sealer under kakuin up ---------------------------------------------------------------------
+
+
+def test_kakuin_up_seals_and_signs_within_seconds(softhsm: dict[str, str], tmp_path: Path) -> None:
+    """The sealer job of `kakuin up`: events written by another process while it runs are sealed
+    within the seal interval and the head is signed, with no `kakuin audit seal` by anyone."""
+    import signal
+    import socket
+
+    from tests.conftest import wait_for
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    (home / "kakuin.toml").write_text(
+        f"[services.ra]\nport = {free_port()}\nworkers = 1\n\n"
+        f"[services.ocsp]\nport = {free_port()}\nworkers = 1\n\n"
+        f"[services.crl]\nport = {free_port()}\nworkers = 1\n\n"
+        "[crl]\ntls_port = 0\n\n"
+        "[audit]\nseal_interval = 1\nmax_unsealed_age = 10\ncheckpoint_interval = 2\n",
+        encoding="utf-8",
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAKUIN_")}
+    env.update(
+        KAKUIN_HOME=str(home),
+        KAKUIN_TOKEN_LABEL=new_token(softhsm),
+        KAKUIN_TOKEN_PIN=softhsm["pin"],
+        SOFTHSM2_CONF=softhsm["conf"],
+    )
+    database = home / "kakuin.db"
+
+    def count(sql: str) -> int:
+        import sqlite3
+
+        if not database.exists():
+            return -1
+        try:
+            with sqlite3.connect(database, timeout=5) as db:
+                return int(db.execute(sql).fetchone()[0])
+        except sqlite3.OperationalError:  # not migrated yet
+            return -1
+
+    log = (tmp_path / "up.log").open("wb")
+    up = subprocess.Popen(
+        [str(KAKUIN), "up"],
+        env=env,
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        assert wait_for(lambda: count("SELECT count(*) FROM audit_checkpoints") > 0, 120), (
+            tmp_path / "up.log"
+        ).read_text()
+        office = subprocess.run(
+            [str(KAKUIN), "office", "add", "131010001", "--name", "千代田区 区民課"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert office.returncode == 0, office.stderr
+        assert wait_for(lambda: count("SELECT count(*) FROM audit_events WHERE seq IS NULL") == 0, 20)
+        newest = count("SELECT max(seq) FROM audit_events")
+        assert wait_for(lambda: count("SELECT max(seq) FROM audit_checkpoints") == newest, 20)
+        result = subprocess.run(
+            [str(KAKUIN), "audit", "verify"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, (result.stdout, result.stderr)
+        assert "unsealed:     none (bound 10 s)" in result.stdout
+        assert "late seals:   none" in result.stdout
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGTERM)
+        try:
+            up.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(up.pid, signal.SIGKILL)
+            up.wait(timeout=10)
+        log.close()

@@ -15,7 +15,6 @@ transaction with one audit event per certificate. Results come back in input ord
 from __future__ import annotations
 
 import gc
-import json
 import multiprocessing
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -28,6 +27,7 @@ from ca import errors
 from ca.errors import BadRequest, KakuinError
 from ca.issuance import IssuanceRequest, PreparedIssuance
 from ca.service import CAContext
+from ca.strict_json import parse_json
 from hsm import TokenError
 
 
@@ -61,8 +61,8 @@ class ChunkOutcome:
 def request_from_line(text: str, actor: str) -> IssuanceRequest:
     """One line of the bulk format: ``{"profile", "csr" (PEM text), "applicant", "authority"}``."""
     try:
-        entry = json.loads(text)
-    except json.JSONDecodeError as exc:
+        entry = parse_json(text)
+    except (ValueError, RecursionError) as exc:
         raise BadRequest(f"not valid JSON ({exc})") from None
     if not isinstance(entry, dict) or "profile" not in entry or "csr" not in entry:
         raise BadRequest("expected an object with profile and csr")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import ssl
 import sys
 from typing import Any
@@ -91,6 +92,7 @@ def main(args: list[str] | None = None) -> None:
         "--config", default=None, help="settings file (default: $KAKUIN_CONFIG or $KAKUIN_HOME/kakuin.toml)"
     )
     options = parser.parse_args(args)
+    os.umask(0o077)  # as `kakuin` sets it (docs/operations.md), however this server was started
     settings = load_settings(options.config)
     crl_settings = load_crl_settings(settings)
     access = logging.getLogger("kakuin.crl")

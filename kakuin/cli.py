@@ -7,7 +7,6 @@ reached.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from ca.issuance import IssuanceRequest
 from ca.names import display_name
 from ca.revocation import parse_reason
 from ca.service import CAContext
+from ca.strict_json import parse_json
 from config import ConfigError
 from hsm.softhsm import ensure_pin_file, init_token, token_exists
 from kakuin import audit_commands, crl_commands, lifecycle_commands, ocsp_commands, ra_commands
@@ -148,6 +148,11 @@ def init(state: State, witness: tuple[str, ...]) -> None:
 def up(state: State) -> None:
     """Initialize on first run, then serve every service on loopback (Ctrl-C stops them)."""
     state.allow_creation()
+    from kakuin import instance, services
+
+    # Before anything is printed, initialized or started: a second `kakuin up` on this home, or a
+    # port another process holds, is refused here having changed nothing.
+    instance.claim(state.config_path, instance.SERVICES, "kakuin up", services.listeners, create=True)
     warn_about_urls(state.ctx)  # before the first run's CA certificates carry the URLs
     created = _initialize(state)
     ctx = state.ctx
@@ -279,10 +284,10 @@ def profiles(state: State) -> None:
 
 def _read_json(path: str, what: str) -> Any:
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        return parse_json(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         fail(f"{what}: no such file {path}")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, StrictJSONError
         fail(f"{what}: {path} is not valid JSON ({exc})")
 
 

@@ -20,6 +20,7 @@ from ca.service import CAContext
 from config import ConfigError, Settings, load_settings
 from hsm import TokenError
 from hsm.softhsm import ensure_conf, use_conf
+from kakuin.instance import make_private
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -62,11 +63,13 @@ class State:
         ctx = self.config_ctx
         if not self._data_ready:
             settings = self.settings
-            _check_files(settings)
+            _check_files(settings)  # before make_private changes the mode of a path set wrongly
             if self.creates_data:
+                make_private(settings)  # umask 077 before anything is written in the home
                 _create_data(settings)
             else:
                 self._find_data(settings)
+                make_private(settings)
             self._data_ready = True
         return ctx
 

@@ -8,13 +8,14 @@ import contextlib
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
 
 from ca.service import CAContext
-from kakuin import services
+from config import Settings
+from kakuin import instance, services
 from kakuin.common import State, actor, fail, pass_state, reports_errors
 
 # Show a progress bar from this many entries on (a build of fewer takes well under a second).
@@ -158,8 +159,9 @@ def register(main: click.Group) -> None:
     @reports_errors
     def serve_crl(state: State, listener: str) -> None:
         """Serve the CRL responder under gunicorn until interrupted."""
-        ctx = state.ctx
         wanted = ["plain", "tls"] if listener == "both" else [listener]
+        instance.claim(state.config_path, ("crl",), "kakuin serve crl", lambda s: _listeners(s, wanted))
+        ctx = state.ctx
         processes = [p for p in (_launcher(name)(ctx) for name in wanted) if p is not None]
         if not processes:
             fail("nothing to serve: crl.tls_port is 0 and only the TLS listener was asked for", 2)
@@ -167,7 +169,22 @@ def register(main: click.Group) -> None:
 
     services.LAUNCHERS.append(_launcher("plain"))
     services.LAUNCHERS.append(_launcher("tls"))
+    services.LISTENERS.append(_listeners)
     services.JOBS.append(services.Job("crl-publisher", _publish_job, _poll_interval))
+
+
+def _listeners(settings: Settings, wanted: Sequence[str] = ("plain", "tls")) -> list[instance.Listener]:
+    """The ports of the listeners `_launcher` starts (the TLS one only when crl.tls_port is set)."""
+    from crl.config import load_crl_settings
+
+    service = settings.services["crl"]
+    found = []
+    if "plain" in wanted:
+        found.append(instance.Listener("crl", service.host, service.port, "services.crl.port"))
+    tls_port = load_crl_settings(settings).tls_port
+    if "tls" in wanted and tls_port:
+        found.append(instance.Listener("crl-tls", service.host, tls_port, "crl.tls_port"))
+    return found
 
 
 def _launcher(listener: str) -> Callable[[CAContext], services.ServiceProcess | None]:

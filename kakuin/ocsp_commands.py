@@ -15,7 +15,8 @@ import click
 
 from ca.service import CAContext
 from ca.timeutil import utcnow
-from kakuin import services
+from config import Settings
+from kakuin import instance, services
 from kakuin.common import State, actor, fail, pass_state, reports_errors
 from ocsp.settings import OCSPSettings, load_ocsp_settings
 
@@ -270,14 +271,15 @@ def register(main: click.Group) -> None:
         """Serve the OCSP responder in the foreground until interrupted."""
         from ocsp.server import granian_argv, gunicorn_argv, server_environment
 
+        instance.claim(
+            state.config_path, ("ocsp",), "kakuin serve ocsp", lambda s: _serve_listener(s, host, port, tls)
+        )
         ctx = state.ctx
         settings = _settings(ctx)
         service = ctx.settings.services["ocsp"]
         host = host or service.host
         workers = workers or service.workers
         if tls:
-            if settings.tls is None:
-                fail("--tls needs an [ocsp.tls] table (port, certificate, key, client_ca) in the settings", 2)
             assert settings.tls is not None
             argv = gunicorn_argv(host, port or settings.tls.port, workers, settings.tls)
         elif (server or settings.server) == "gunicorn":
@@ -291,6 +293,7 @@ def register(main: click.Group) -> None:
 
     services.LAUNCHERS.append(_launch_plain)
     services.LAUNCHERS.append(_launch_tls)
+    services.LISTENERS.append(_listeners)
     services.JOBS.append(
         services.Job("ocsp-presign", _presign_job, lambda ctx: _settings(ctx).presign_interval)
     )
@@ -309,6 +312,33 @@ def _with_env(ctx: CAContext, argv: list[str]) -> list[str]:
     from ocsp.server import server_environment
 
     return ["/usr/bin/env", *(f"{k}={v}" for k, v in server_environment(ctx.settings).items()), *argv]
+
+
+def _serve_listener(
+    settings: Settings, host: str | None, port: int | None, tls: bool
+) -> list[instance.Listener]:
+    """The port of `kakuin serve ocsp` with these options."""
+    service = settings.services["ocsp"]
+    host = host or service.host
+    if not tls:
+        return [
+            instance.Listener("ocsp", host, port or service.port, "--port" if port else "services.ocsp.port")
+        ]
+    ocsp_tls = load_ocsp_settings(settings).tls
+    if ocsp_tls is None:
+        fail("--tls needs an [ocsp.tls] table (port, certificate, key, client_ca) in the settings", 2)
+    assert ocsp_tls is not None
+    return [instance.Listener("ocsp-tls", host, port or ocsp_tls.port, "--port" if port else "ocsp.tls.port")]
+
+
+def _listeners(settings: Settings) -> list[instance.Listener]:
+    """The ports of `_launch_plain` and `_launch_tls`."""
+    service = settings.services["ocsp"]
+    found = [instance.Listener("ocsp", service.host, service.port, "services.ocsp.port")]
+    tls = load_ocsp_settings(settings).tls
+    if tls is not None:
+        found.append(instance.Listener("ocsp-tls", service.host, tls.port, "ocsp.tls.port"))
+    return found
 
 
 def _launch_plain(ctx: CAContext) -> services.ServiceProcess:

@@ -17,7 +17,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ca.errors import BadRequest, KakuinError
 from ca.service import CAContext
-from kakuin import services
+from config import Settings
+from kakuin import instance, services
 from kakuin.common import State, actor, fail, pass_state, reports_errors
 from registration.credentials import (
     client_pkcs12,
@@ -48,6 +49,13 @@ def _launch_ra(ctx: CAContext) -> services.ServiceProcess:
     return services.ServiceProcess(
         "ra", f"https://{service.host}:{service.port}/v1", gunicorn_argv(ctx, files)
     )
+
+
+def _listeners(settings: Settings, port: int | None = None) -> list[instance.Listener]:
+    service = settings.services["ra"]
+    if port:
+        return [instance.Listener("ra", service.host, port, "--port")]
+    return [instance.Listener("ra", service.host, service.port, "services.ra.port")]
 
 
 def _sweep_idempotency_keys(ctx: CAContext) -> None:
@@ -82,6 +90,7 @@ RECONCILE_INTERVAL = 60.0  # seconds between runs under `kakuin up`
 
 if _launch_ra not in services.LAUNCHERS:
     services.LAUNCHERS.append(_launch_ra)
+    services.LISTENERS.append(_listeners)
     services.JOBS.append(services.Job("ra-idempotency-sweep", _sweep_idempotency_keys, lambda _ctx: 3600.0))
     services.JOBS.append(services.Job("ra-reconcile", _reconcile_job, lambda _ctx: RECONCILE_INTERVAL))
 
@@ -324,6 +333,7 @@ def register(main: click.Group) -> None:
     @reports_errors
     def serve_ra(state: State, port: int | None, workers: int | None, threads: int) -> None:
         """The registration authority API under gunicorn (HTTPS, client certificates required)."""
+        instance.claim(state.config_path, ("ra",), "kakuin serve ra", lambda s: _listeners(s, port))
         ctx = state.ctx
         ctx.migrate()
         load_resident_hasher(ctx.settings.home, create=True)

@@ -2,8 +2,10 @@
 periodic jobs (CRL publishing, OCSP pre-signing) in this process.
 
 Each service package contributes by adding a launcher to ``LAUNCHERS`` (a function that returns
-the argv of its server, or None when it is switched off) and, if it has periodic work, a job to
-``JOBS``. Services never import each other; only this composition root knows them all.
+the argv of its server, or None when it is switched off), the ports its launchers will listen on
+to ``LISTENERS`` (read from the settings alone, so that ``kakuin up`` can refuse a port in use
+before it writes or starts anything) and, if it has periodic work, a job to ``JOBS``. Services
+never import each other; only this composition root knows them all.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from dataclasses import dataclass
 import click
 
 from ca.service import CAContext
+from config import Settings
+from kakuin.instance import Listener
 
 
 @dataclass(frozen=True)
@@ -37,7 +41,13 @@ class Job:
 
 
 LAUNCHERS: list[Callable[[CAContext], ServiceProcess | None]] = []
+LISTENERS: list[Callable[[Settings], list[Listener]]] = []
 JOBS: list[Job] = []
+
+
+def listeners(settings: Settings) -> list[Listener]:
+    """Every port ``kakuin up`` will listen on."""
+    return [listener for find in LISTENERS for listener in find(settings)]
 
 
 def _run_job(ctx: CAContext, job: Job, stop: threading.Event) -> None:

@@ -46,6 +46,11 @@ def granian_argv(host: str, port: int, workers: int, blocking_threads: int = 1) 
         str(blocking_threads),
         "--no-ws",
         "--respawn-failed-workers",
+        # A worker that has not stopped 5 s after SIGTERM is killed: granian's master otherwise
+        # waits for it forever, `kakuin up` kills the master after 10 s, and the worker is left
+        # listening on the port with no master (seen after a Ctrl-C of `kakuin up`).
+        "--workers-kill-timeout",
+        "5",
         "--log-level",
         "warning",
     ]

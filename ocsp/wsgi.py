@@ -22,6 +22,7 @@ import binascii
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -474,5 +475,7 @@ def create_app(settings: Settings, metrics_directory: Path | None = None) -> OCS
 
 def app_from_env() -> OCSPApp:
     """Factory for granian (``--factory ocsp.wsgi:app_from_env``) and gunicorn
-    (``'ocsp.wsgi:app_from_env()'``): settings from ``KAKUIN_CONFIG`` / ``KAKUIN_HOME`` / ``KAKUIN_*``."""
+    (``'ocsp.wsgi:app_from_env()'``): settings from ``KAKUIN_CONFIG`` / ``KAKUIN_HOME`` / ``KAKUIN_*``.
+    The umask is 077 as `kakuin` sets it (docs/operations.md), however the server was started."""
+    os.umask(0o077)
     return create_app(load_settings())

@@ -32,6 +32,7 @@ from werkzeug.routing import IntegerConverter
 from ca.errors import Forbidden, KakuinError, Unavailable
 from ca.service import CAContext
 from ca.store import CertificateRecord
+from ca.strict_json import parse_json
 from ca.verifiers import VerifierRecord
 from config import load_settings
 from registration.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -57,7 +58,6 @@ _TITLES = {
 }
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 RETRY_AFTER_SECONDS = 5  # a 503's Retry-After: the database or the token is usually back by then
-MAX_NUMBER_CHARS = 32  # no number in a request needs more; int() of 4,301 digits raises ValueError
 # What the database driver raises when the database cannot be reached or written (locked, read-only,
 # disk I/O, connection gone) or the pool has no connection to give: nothing was done, try later.
 DATABASE_UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout)
@@ -69,45 +69,6 @@ class _AsciiInteger(IntegerConverter):
     """``<int:…>`` path parts as ASCII digits only (werkzeug's ``\\d+`` takes "５" for 5)."""
 
     regex = r"[0-9]{1,19}"
-
-
-class _NotPlainJSON(ValueError):
-    pass
-
-
-def _number(kind: type[int] | type[float]) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        if len(text) > MAX_NUMBER_CHARS:
-            raise _NotPlainJSON(f"a number of {len(text)} characters (at most {MAX_NUMBER_CHARS})")
-        return kind(text)
-
-    return parse
-
-
-def _no_constant(name: str) -> Any:
-    raise _NotPlainJSON(f"{name} is not a JSON value")
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    data: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in data:
-            raise _NotPlainJSON(f"the member {key!r} appears twice in one object")
-        data[key] = value
-    return data
-
-
-def parse_json(raw: bytes) -> Any:
-    """JSON as RFC 8259 has it and nothing more: numbers of bounded length (a 5,000-digit integer
-    would make int() raise deep inside), no NaN or Infinity, no member twice in one object (which
-    of the two would count?). ``ValueError`` says what is wrong."""
-    return json.loads(
-        raw,
-        parse_int=_number(int),
-        parse_float=_number(float),
-        parse_constant=_no_constant,
-        object_pairs_hook=_no_duplicates,
-    )
 
 
 class _RA(Flask):

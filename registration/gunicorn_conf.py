@@ -20,7 +20,10 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 def on_starting(server: Any) -> None:
     """Empty the directory before the first worker starts: the files of an earlier run would be
-    added to this run's counters (a counter starts at zero with its service)."""
+    added to this run's counters (a counter starts at zero with its service). The umask is 077 as
+    in ``kakuin`` (docs/operations.md): the workers' files are their owner's only, however the
+    server was started."""
+    os.umask(0o077)
     path = os.environ.get(MULTIPROC_ENV)
     if not path:
         return

@@ -29,6 +29,11 @@ from hsm.softhsm import init_token, token_exists
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Kakuin and its servers run with umask 077 (kakuin/instance.py); so does the code that builds
+# homes in this process, or the first `kakuin` command on such a home would report making it
+# private. tests/test_instance.py starts its commands under umask 022 on purpose.
+os.umask(0o077)
+
 
 @pytest.fixture(scope="session")
 def softhsm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:

@@ -440,3 +440,25 @@ def test_busy_timeout_setting(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as error:
             load_settings(config, environ={})
         assert error.value.key == "database.busy_timeout" and error.value.source == str(config)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ('{"name": ' + "9" * 5000 + "}", "a number of 5000 characters"),
+        ('{"name": NaN}', "NaN is not a JSON value"),
+        ('{"name": "a", "name": "b"}', "appears twice"),
+    ],
+)
+def test_applicant_json_that_is_not_plain_json_is_one_line(cli: Cli, text: str, problem: str) -> None:
+    """Python's json module takes NaN and duplicate members, and int() raises on 5,000 digits."""
+    applicant = cli.home / "bad-applicant.json"
+    applicant.write_text(text)
+    csr = cli.home / "bad-applicant.csr"
+    csr.write_bytes(make_csr(ec.generate_private_key(ec.SECP256R1())))
+    before = cli.run("cert", "list", "--limit", "1000").stdout
+    line = one_error_line(
+        cli.run("issue", "--profile", "jpki-sign", "--csr", str(csr), "--applicant", str(applicant)), 1
+    )
+    assert line.startswith("kakuin: error: --applicant:") and problem in line, line
+    assert cli.run("cert", "list", "--limit", "1000").stdout == before

@@ -6,6 +6,8 @@ committed revocation survives a power cut before it is acknowledged; PostgreSQL 
 
 from __future__ import annotations
 
+import os
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -16,13 +18,29 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, ExceptionContext
+from sqlalchemy.exc import DisconnectionError
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
+_READ_ONLY = "kakuin_opened_read_only"
+
+
+def _writable(path: str) -> bool:
+    """Whether this process may write the SQLite database file and its WAL (where they exist)."""
+    if not path or path == ":memory:":
+        return True
+    return all(os.access(p, os.W_OK) for p in (path, path + "-wal") if os.path.exists(p))
+
+
 def make_engine(url: str, busy_timeout: float = 30.0, **kwargs: Any) -> Engine:
-    """``busy_timeout`` is how long, in seconds, an SQLite statement waits for a lock another
+    """An engine whose pooled connections survive the database going away and coming back:
+    PostgreSQL connections are pinged on checkout (a restarted server closed them all), and an
+    SQLite connection opened while the file could not be written (SQLite then opens it read-only,
+    for good, and a ping still succeeds) is replaced once the file is writable again.
+
+    ``busy_timeout`` is how long, in seconds, an SQLite statement waits for a lock another
     process holds before it fails with "database is locked" (setting ``database.busy_timeout``)."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
@@ -33,13 +51,27 @@ def make_engine(url: str, busy_timeout: float = 30.0, **kwargs: Any) -> Engine:
         )
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+        def _sqlite_pragmas(dbapi_connection: Any, record: Any) -> None:
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA synchronous=FULL")
             cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
             cursor.close()
+            if not _writable(path):
+                record.info[_READ_ONLY] = True
+
+        @event.listens_for(engine, "checkout")
+        def _replace_read_only(_dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+            if record.info.get(_READ_ONLY) and _writable(path):  # the pool reconnects on this error
+                raise DisconnectionError("opened while the database file was read-only")
+
+        @event.listens_for(engine, "handle_error")
+        def _read_only_is_a_disconnect(context: ExceptionContext) -> None:
+            error = context.original_exception
+            name = (error.sqlite_errorname or "") if isinstance(error, sqlite3.Error) else ""
+            if name.startswith("SQLITE_READONLY"):  # also a connection that slipped through above
+                context.is_disconnect = True
 
         return engine
     return create_engine(url, pool_pre_ping=True, **kwargs)

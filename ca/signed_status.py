@@ -76,8 +76,11 @@ def _utc(value: Any) -> datetime | None:
 class StatusReader:
     """One indexed read per OCSP request, on a DBAPI connection each thread opens once.
 
-    Errors of the database become ``Unavailable`` (the responder answers ``tryLater``); the
-    broken connection is thrown away and the next request opens a new one.
+    Errors of the database become ``Unavailable`` (the responder answers ``tryLater``) and the
+    broken connection is thrown away. A connection kept from an earlier request that fails is
+    replaced and the read tried once more on the new one: after a database restart every thread
+    still holds a connection to the old server, and a thread that served no request during the
+    outage would otherwise answer its first request after it with ``tryLater``.
     """
 
     _SQL = (
@@ -126,14 +129,24 @@ class StatusReader:
             with contextlib.suppress(Exception):  # the connection is gone already
                 conn.invalidate()
 
-    def lookup(self, authority_id: int, serial_hex: str, hash_name: str) -> StatusRow | None:
-        driver = self._driver()
+    def _fetch_one(self, sql: str, params: tuple[Any, ...]) -> Any:
+        """One row of ``sql`` on this thread's connection, through the driver's own execute
+        (sqlite3 and psycopg both have one): no pool proxy per call."""
+        kept = getattr(self._local, "driver", None) is not None
         try:
-            # The driver's own execute (sqlite3 and psycopg both have one): no pool proxy per call.
-            row = driver.execute(self._sql, (hash_name, authority_id, serial_hex)).fetchone()
+            return self._driver().execute(sql, params).fetchone()
+        except self._errors as exc:
+            self._drop()
+            if not kept:
+                raise Unavailable(f"the database cannot be reached ({type(exc).__name__})") from None
+        try:  # the kept connection may have died with the server it was opened to
+            return self._driver().execute(sql, params).fetchone()
         except self._errors as exc:
             self._drop()
             raise Unavailable(f"the database cannot be reached ({type(exc).__name__})") from None
+
+    def lookup(self, authority_id: int, serial_hex: str, hash_name: str) -> StatusRow | None:
+        row = self._fetch_one(self._sql, (hash_name, authority_id, serial_hex))
         if row is None:
             return None
         return StatusRow(
@@ -149,12 +162,7 @@ class StatusReader:
         )
 
     def ping(self) -> None:
-        driver = self._driver()
-        try:
-            driver.execute("SELECT 1").fetchone()
-        except self._errors as exc:
-            self._drop()
-            raise Unavailable(f"the database cannot be reached ({type(exc).__name__})") from None
+        self._fetch_one("SELECT 1", ())
 
     def close(self) -> None:
         self._drop()

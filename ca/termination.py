@@ -7,7 +7,8 @@ The state change is one conditional UPDATE with its audit event: from that commi
 stay in the token and key generations stay live: the final CRL and every OCSP answer until the
 last expiry are still signed by them. The final CRL itself is built by the CRL service (the
 command layer asks it, with ``final_next_update``); this module decides the dates and records
-the event.
+the event. So an authority whose key is not in the token (a legacy CA imported without it) is
+refused before anything is written: Kakuin could not sign its final CRL.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from ca.authorities import EXTERNAL_KEY_PREFIX
 from ca.errors import Conflict
 from ca.lifecycle_store import LifecycleStore
 from ca.store import AuthorityRecord
@@ -50,6 +52,13 @@ def terminate(store: LifecycleStore, name: str, actor: str, reason: str = "") ->
     if children:
         raise Conflict(
             f"authority {name} still has active subordinates ({', '.join(children)}); terminate them first",
+            field="name",
+        )
+    outside = [g for g in store.key_generations(record.id) if g.key_label.startswith(EXTERNAL_KEY_PREFIX)]
+    if outside:
+        raise Conflict(
+            f"authority {name}'s CA key is outside the token, so Kakuin cannot sign its final CRL: "
+            "have the old CA issue it, then `kakuin import-legacy --crl` serves it",
             field="name",
         )
     last = store.last_expiry(record.id)

@@ -20,7 +20,7 @@ from ca.lifecycle_store import LifecycleStore
 from ca.service import CAContext
 from ca.store import AuthorityRecord
 from ca.timeutil import utcnow
-from kakuin import audit_commands, services
+from kakuin import audit_commands, outputs, services
 from kakuin.common import State, actor, fail, pass_state, reports_errors
 
 log = logging.getLogger("kakuin.lifecycle")
@@ -69,6 +69,7 @@ def cross_issue(
     state: State, name: str, cert_file: str | None, csr_file: str | None, out: str | None
 ) -> None:
     """Issue the cross certificate of agreement [cross.NAME] (internal: no --cert/--csr)."""
+    outputs.check_file(out)  # before the certificate exists: one never written out is a twin later
     ctx = state.ctx
     certificate = load_certificate(_read(cert_file, "cert"), "cert") if cert_file else None
     request = load_request(_read(csr_file, "csr"), "csr") if csr_file else None
@@ -96,6 +97,7 @@ def cross_issue(
 @reports_errors
 def cross_csr(state: State, authority: str, out: str | None) -> None:
     """A CSR for our authority's current key, signed in the token, for the other side's CA."""
+    outputs.check_file(out)
     ctx = state.ctx
     pem = crosscert.request_for(ctx.authorities, lifecycle_store(ctx), authority, actor())
     _write(pem, out)
@@ -179,6 +181,7 @@ def cross_export(state: State, authority: str | None) -> None:
 @reports_errors
 def ca_rollover(state: State, name: str, out_dir: str | None, witness: tuple[str, ...]) -> None:
     """New key generation for NAME under the same DN, with link certificates old↔new."""
+    outputs.check_directory(out_dir)  # before the rollover: running it again would roll over again
     ctx = state.ctx
     result = rollover.rollover(ctx.authorities, lifecycle_store(ctx), ctx.urls, name, actor())
     audit_commands.record_ceremonies(
@@ -275,6 +278,9 @@ def ca_terminate(state: State, name: str, reason: str, yes: bool) -> None:
     ctx = state.ctx
     if not yes:
         click.confirm(f"terminate {name}? It will never issue again", abort=True, err=True)
+    # Every live key generation signs a final CRL: a token that cannot load one refuses here,
+    # before the authority's state changes.
+    rollover.live_generations(ctx.authorities, name)
     result = termination.terminate(lifecycle_store(ctx), name, actor(), reason)
     last = f"{result.last_expiry:%Y-%m-%d %H:%M:%S}Z" if result.last_expiry else "none issued"
     click.echo(

@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from ca.errors import BadRequest, KakuinError
 from ca.service import CAContext
 from config import Settings
-from kakuin import instance, services
+from kakuin import instance, outputs, services
 from kakuin.common import State, actor, fail, pass_state, reports_errors
 from registration.credentials import (
     client_pkcs12,
@@ -272,6 +272,9 @@ def register(main: click.Group) -> None:
             fail("give exactly one of --csr FILE or --p12 FILE", 2)
         store = _store(state)
         record = store.account(name)
+        # The new certificate replaces the account's previous one at once: one that cannot be
+        # written out would lock its holder out, so a path that cannot be written fails first.
+        outputs.check_file(p12_file or out)
         if csr_file:
             if passphrase_file:
                 fail("--passphrase-file goes with --p12", 2)

@@ -4,7 +4,9 @@ A second approval claims the application (``issuing``), the CA reserves the cert
 (``signing``), the token signs, and one commit stores the certificate and marks the application
 ``issued``. A worker killed (SIGKILL, OOM, power) between the claim and that commit leaves the
 application ``issuing`` and the row ``signing``; nothing else would ever move them. A revocation
-request is claimed the same way (``approving``) before the certificate is revoked.
+request is decided and carried out in one transaction (``approving`` is never committed on its
+own: a refused revocation leaves the request as it was), so an ``approving`` request is one
+left by an earlier version that committed its claim first.
 
 The reconciler looks only at claims older than a grace period (``[registration]
 reconcile_grace_seconds``, default 300; ``KAKUIN_RA_RECONCILE_GRACE``), so it never races a

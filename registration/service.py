@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ca.applicant import SCHEMAS
-from ca.errors import BadRequest, Conflict, Forbidden, KakuinError, NotFound, PolicyRefused
+from ca.errors import BadRequest, Conflict, Forbidden, NotFound, PolicyRefused
 from ca.foreign import load_certificate
 from ca.issuance import IssuanceRequest, IssuedCertificate
 from ca.revocation import HOLD, REMOVE_FROM_CRL, parse_reason
@@ -254,9 +254,20 @@ class RegistrationService:
             claimed = self.store.record_review(
                 app, stage=2, account=account, decision="approve", reason=reason, new_state="issuing"
             )
+            kept = False
+
+            def keep_claim() -> None:
+                nonlocal kept
+                tx.commit()
+                kept = True
+
             try:
-                issued: IssuedCertificate = self.ctx.issuer.issue_prepared([prepared], tx.commit)[0]
+                issued: IssuedCertificate = self.ctx.issuer.issue_prepared([prepared], keep_claim)[0]
             except Exception as exc:
+                if not kept:
+                    # Refused before the claim was kept (the authority was terminated meanwhile):
+                    # the transaction rolls back, and the review never happened.
+                    raise
                 self.store.undo_second_review(app, account, type(exc).__name__)
                 tx.commit()  # the failure is recorded even though the request fails
                 raise
@@ -418,18 +429,19 @@ class RegistrationService:
         assert reason is not None
         self._check_applicable(record, kind)
         immediate = kind == "loss" and self.kind_of(record.profile) in JPKI_KINDS
-        req = self.store.add_revocation_request(
-            office_id=account.office_id,
-            authority=record.authority,
-            serial=record.serial,
-            kind=kind,
-            reason=reason,
-            note=note,
-            state="approving" if immediate else "pending",
-            account=account,
-        )
-        if immediate:  # a lost card is an emergency: no review stands between the report and the CRL
-            self._carry_out(req, account)
+        with self.store.transaction():
+            req = self.store.add_revocation_request(
+                office_id=account.office_id,
+                authority=record.authority,
+                serial=record.serial,
+                kind=kind,
+                reason=reason,
+                note=note,
+                state="approving" if immediate else "pending",
+                account=account,
+            )
+            if immediate:  # a lost card is an emergency: no review stands between the report and the CRL
+                self._carry_out(req, account)
         return self.store.revocation_request(req.id)
 
     @staticmethod
@@ -442,16 +454,15 @@ class RegistrationService:
             raise Conflict(f"certificate {record.serial} is already on hold", field="serial")
 
     def _carry_out(self, req: RevocationRequestRecord, account: AccountRecord) -> None:
-        try:
-            if req.kind == "release":
-                self.ctx.store.release_hold(authority=req.authority, serial=req.serial, actor=account.actor)
-            else:
-                self.ctx.store.revoke(
-                    authority=req.authority, serial=req.serial, reason=req.reason, actor=account.actor
-                )
-        except KakuinError:
-            self.store.finish_revocation_request(req.id, "failed")
-            raise
+        """Revoke, hold or release as the request says, and mark it ``done``: inside the caller's
+        transaction with the decision, so a refusal (the certificate was revoked meanwhile)
+        rolls all of it back and the request stays as it was."""
+        if req.kind == "release":
+            self.ctx.store.release_hold(authority=req.authority, serial=req.serial, actor=account.actor)
+        else:
+            self.ctx.store.revoke(
+                authority=req.authority, serial=req.serial, reason=req.reason, actor=account.actor
+            )
         self.store.finish_revocation_request(req.id, "done")
 
     def revocation_request(self, caller: Caller, req_id: int) -> RevocationRequestRecord:
@@ -491,9 +502,10 @@ class RegistrationService:
             raise Conflict(f"revocation request {req.id} is {req.state}", field="id")
         if req.requested_by == account.id:
             raise Forbidden("nobody reviews a request they filed")
-        self.store.claim_revocation_request(req, account, decision, reason)
-        if decision == "approve":
-            self._carry_out(self.store.revocation_request(req.id), account)
+        with self.store.transaction():
+            self.store.claim_revocation_request(req, account, decision, reason)
+            if decision == "approve":
+                self._carry_out(req, account)
         return self.store.revocation_request(req.id)
 
     # -- resident-change feed -----------------------------------------------------------------

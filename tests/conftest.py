@@ -12,6 +12,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -73,7 +74,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[], str]]:
+def postgres() -> Iterator[Callable[[], str]]:
     """A throwaway PostgreSQL cluster on a Unix socket; yields a factory of fresh database URLs.
 
     initdb refuses to run as root, so the cluster runs as the ``postgres`` user in a directory
@@ -82,7 +83,9 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[], 
     pg_bin = _find_pg_bin()
     if pg_bin is None:
         pytest.skip("PostgreSQL is not installed (make test installs Debian's postgresql)")
-    base = Path(tmp_path_factory.mktemp("pg"))
+    # Its own directory under /tmp, not pytest's: every pytest session that starts makes
+    # /tmp/pytest-of-root owner-only again, which would cut the postgres user off a running cluster.
+    base = Path(tempfile.mkdtemp(prefix="kakuin-pg-"))
     data = base / "data"
     sock = base / "sock"
     sock.mkdir()
@@ -90,8 +93,7 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[], 
     if os.geteuid() == 0:
         shutil.chown(base, "postgres")
         shutil.chown(sock, "postgres")
-        os.chmod(base.parent, 0o755)
-        os.chmod(base.parent.parent, 0o755)
+        os.chmod(base, 0o700)
         as_postgres = ["runuser", "-u", "postgres", "--"]
     user = "postgres" if os.geteuid() == 0 else os.environ.get("USER", "postgres")
     subprocess.run(
@@ -145,6 +147,7 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[], 
             [*as_postgres, str(pg_bin / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
             capture_output=True,
         )
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def make_ctx(home: Path, database_url: str, token_label: str, **extra_env: str) -> CAContext:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -45,13 +46,14 @@ from crl.storer import CRLStore, PublishedRecord
 
 log = logging.getLogger("kakuin.crl.access")
 
-StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+StartResponse = Callable[..., Any]
 _REASONS = {
     200: "OK",
     304: "Not Modified",
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
+    500: "Internal Server Error",
     503: "Service Unavailable",
 }
 _AUTHORITY_TTL = 30.0
@@ -143,8 +145,14 @@ class CRLResponder:
                 503, "Service unavailable", "the database cannot be reached; try again later"
             )
             return self._problem(start_response, unavailable, method)
+        except Exception as exc:  # never a server's bare 500; the type only: a message may carry input
+            log.error("CRL request failed: %s", type(exc).__name__)
+            failed = Problem(500, "Internal error", "the CRL responder failed; its log names the error")
+            return self._problem(start_response, failed, method, sys.exc_info())
 
-    def _problem(self, start_response: StartResponse, problem: Problem, method: str) -> Iterable[bytes]:
+    def _problem(
+        self, start_response: StartResponse, problem: Problem, method: str, exc_info: Any = None
+    ) -> Iterable[bytes]:
         body: dict[str, Any] = {
             "type": "about:blank",
             "title": problem.title,
@@ -161,7 +169,7 @@ class CRLResponder:
         ]
         if problem.status == 405:
             headers.append(("Allow", "GET, HEAD"))
-        start_response(f"{problem.status} {_REASONS[problem.status]}", headers)
+        start_response(f"{problem.status} {_REASONS[problem.status]}", headers, exc_info)
         return [] if method == "HEAD" else [data]
 
     # -- authorities -------------------------------------------------------------------------
@@ -333,7 +341,7 @@ def _not_modified(environ: dict[str, Any], etag: str, last_modified: datetime) -
         return False
     try:
         since = parsedate_to_datetime(ims)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a year of 20 digits
         return False  # an invalid date is ignored (RFC 9110 §13.1.3)
     if since.tzinfo is None:
         since = since.replace(tzinfo=UTC)

@@ -2,7 +2,10 @@
 
 Parsed with asn1crypto: cryptography's ``load_der_ocsp_request`` raises ``NotImplementedError``
 for a request with more than one CertID, which RFC 6960 allows. Anything that is not a well-formed
-request becomes ``Malformed`` (answered ``malformedRequest``), never an exception to the server.
+request becomes ``Malformed`` (answered ``malformedRequest``), never an exception to the server:
+bytes that are not DER (``ocsp.dercheck``; asn1crypto would read BER), and DER that is not an
+OCSPRequest (a field asn1crypto would leave unread: an element after the last field of a
+SEQUENCE, a requestorName that is no GeneralName).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from asn1crypto import ocsp as asn1_ocsp
 
 from ocsp.der import HASH_ALGORITHM_IDS
 from ocsp.der import cert_id as canonical_cert_id
+from ocsp.dercheck import NotDER, check_der
 
 MAX_CERT_IDS = 20  # a bound on the work one message can ask for (Boulder: one; OpenSSL: unbounded)
 MAX_NONCE = 32  # RFC 8954 §2.1: Nonce ::= OCTET STRING (SIZE(1..32))
@@ -72,14 +76,21 @@ class OCSPRequest:
 def parse_request(der: bytes) -> OCSPRequest:
     """The request in ``der``; the common RFC 5019 shape (one CertID, no extension, unsigned) is
     read by a strict hand-written walk, anything else by asn1crypto."""
-    simple = _simple_request(der)
+    simple = _simple_request(der)  # DER by construction
     if simple is not None:
         return simple
     try:
+        check_der(der)
+    except NotDER as exc:
+        raise Malformed(f"not DER ({exc})") from None
+    try:
         request = asn1_ocsp.OCSPRequest.load(der, strict=True)
+        _complete(request)
         tbs = request["tbs_request"]
+        _complete(tbs)
         if tbs["version"].native not in ("v1", None):
             raise Malformed("unsupported request version")
+        tbs["requestor_name"].native  # noqa: B018 -- read for its check: a GeneralName or absent
         cert_ids = tuple(_cert_id(item) for item in tbs["request_list"])
         nonce = _nonce(tbs["request_extensions"])
         for item in tbs["request_list"]:
@@ -99,9 +110,19 @@ def parse_request(der: bytes) -> OCSPRequest:
     return OCSPRequest(cert_ids=cert_ids, nonce=nonce, signature=signature)
 
 
+def _complete(value: core.Sequence) -> None:
+    """asn1crypto keeps elements after a SEQUENCE's last field and never reads them: a second
+    tbsRequest, say. They are not part of the request, so the request is malformed."""
+    if len(value) > len(value._fields):
+        raise Malformed(f"elements after the last field of {type(value).__name__}")
+
+
 def _cert_id(item: asn1_ocsp.Request) -> CertID:
+    _complete(item)
     req_cert = item["req_cert"]
+    _complete(req_cert)
     algorithm = req_cert["hash_algorithm"]
+    _complete(algorithm)
     name = algorithm["algorithm"].native
     if name not in HASH_NAMES:
         raise Malformed(f"unsupported CertID hash {name}")
@@ -119,6 +140,7 @@ def _cert_id(item: asn1_ocsp.Request) -> CertID:
 def _nonce(extensions: asn1_ocsp.TBSRequestExtensions) -> bytes | None:
     nonce = None
     for extension in extensions:
+        _complete(extension)
         extn_id = extension["extn_id"].dotted
         if extn_id == "1.3.6.1.5.5.7.48.1.2":
             value = extension["extn_value"].contents
@@ -135,6 +157,7 @@ def _nonce(extensions: asn1_ocsp.TBSRequestExtensions) -> bytes | None:
 
 def _check_extensions(extensions: core.Sequence) -> None:
     for extension in extensions:
+        _complete(extension)
         if extension["critical"].native:
             raise Malformed(f"unsupported critical extension {extension['extn_id'].dotted}")
 
@@ -151,7 +174,9 @@ def _signature(request: asn1_ocsp.OCSPRequest, tbs: asn1_ocsp.TBSRequest) -> Req
     optional = request["optional_signature"]
     if optional.native is None:
         return None
+    _complete(optional)
     algorithm = optional["signature_algorithm"]
+    _complete(algorithm)
     try:
         signature_algo = algorithm.signature_algo
         hash_name = algorithm.hash_algo

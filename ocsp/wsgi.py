@@ -19,10 +19,12 @@ application/problem+json (RFC 9457).
 from __future__ import annotations
 
 import binascii
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -114,7 +116,30 @@ class OCSPApp:
     # -- WSGI -------------------------------------------------------------------------------
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        """Every request gets an answer of this module: whatever escapes the request path (GET
+        decoding, parsing, signature checks, the restricted-authority rules, the store, the
+        metrics) is ``internalError`` (docs/ocsp.md), logged by exception type only: the request
+        and the traceback may carry personal data, and a server's own 500 has no OCSP body."""
         started = time.perf_counter()
+        try:
+            return self._respond(environ, start_response, started)
+        except Exception as exc:
+            log.error("OCSP request failed: %s", type(exc).__name__)
+            if environ.get("PATH_INFO") in _OPERATIONS:  # not OCSP: an HTTP error
+                return self._problem(
+                    start_response,
+                    None,
+                    500,
+                    "internal-error",
+                    "the responder failed; its log names the error",
+                    None,
+                    exc_info=sys.exc_info(),
+                )
+            return self._internal_error(start_response, started, sys.exc_info())
+
+    def _respond(
+        self, environ: dict[str, Any], start_response: StartResponse, started: float
+    ) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET")
         path = environ.get("PATH_INFO") or "/"
         if path == "/healthz" and method == "GET":
@@ -254,25 +279,29 @@ class OCSPApp:
             if environ.get("HTTP_IF_NONE_MATCH") == etag:
                 status, body = "304 Not Modified", b""
         headers.append(("Content-Length", str(len(body))))
-        start_response(status, headers)
         self.metrics.observe(
             "successful", time.perf_counter() - started, answer.cert_statuses, answer.source, answer.via
         )
+        start_response(status, headers)  # last: nothing after it can fail (see __call__)
         return [body]
 
     def _error(
         self, start_response: StartResponse, started: float, status: int, environ: dict[str, Any]
     ) -> Iterable[bytes]:
         body = _ERROR_BODIES[status]
-        start_response(
-            "200 OK",
-            [
-                ("Content-Type", OCSP_RESPONSE),
-                ("Cache-Control", "no-store"),
-                ("Content-Length", str(len(body))),
-            ],
-        )
         self.metrics.observe(der.STATUS_NAMES[status], time.perf_counter() - started)
+        start_response("200 OK", _error_headers(body))
+        return [body]
+
+    def _internal_error(
+        self, start_response: StartResponse, started: float, exc_info: Any
+    ) -> Iterable[bytes]:
+        """``internalError``, even when the metrics cannot count it; ``exc_info`` lets the server
+        replace headers a failed path had already set (PEP 3333)."""
+        body = _ERROR_BODIES[der.INTERNAL_ERROR]
+        with contextlib.suppress(Exception):
+            self.metrics.observe(der.STATUS_NAMES[der.INTERNAL_ERROR], time.perf_counter() - started)
+        start_response("200 OK", _error_headers(body), exc_info)
         return [body]
 
     def _problem(
@@ -284,6 +313,7 @@ class OCSPApp:
         detail: str,
         field: str | None,
         extra: list[tuple[str, str]] | None = None,
+        exc_info: Any = None,
     ) -> Iterable[bytes]:
         problem: dict[str, Any] = {
             "type": f"https://kakuin.invalid/problems/{kind}",
@@ -295,6 +325,8 @@ class OCSPApp:
             problem["field"] = field
         body = json.dumps(problem).encode()
         reason = _REASONS.get(http_status, "Error")
+        if started is not None:
+            self.metrics.http_error(time.perf_counter() - started)
         start_response(
             f"{http_status} {reason}",
             [
@@ -302,9 +334,8 @@ class OCSPApp:
                 ("Content-Length", str(len(body))),
                 *(extra or []),
             ],
+            exc_info,
         )
-        if started is not None:
-            self.metrics.http_error(time.perf_counter() - started)
         return [body]
 
     # -- operations -------------------------------------------------------------------------
@@ -412,8 +443,18 @@ _REASONS = {
     405: "Method Not Allowed",
     413: "Content Too Large",
     415: "Unsupported Media Type",
+    500: "Internal Server Error",
     503: "Service Unavailable",
 }
+_OPERATIONS = ("/healthz", "/metrics")
+
+
+def _error_headers(body: bytes) -> list[tuple[str, str]]:
+    return [
+        ("Content-Type", OCSP_RESPONSE),
+        ("Cache-Control", "no-store"),
+        ("Content-Length", str(len(body))),
+    ]
 
 
 _HTTP_DATES: dict[datetime, str] = {}

@@ -79,7 +79,7 @@ lock: $(BIN)/.installed
 	@git diff --stat -- requirements/ || true
 
 # One command per benchmark; each prints its table with its peer measured in the same run.
-BENCHES ?= issuance crl ocsp ra
+BENCHES ?= issuance crl ocsp ra audit
 bench: venv
 	@for b in $(BENCHES); do echo "== python -m bench.$$b"; $(BIN)/python -m bench.$$b || exit 1; done
 

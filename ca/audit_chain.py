@@ -53,10 +53,11 @@ _UNSEALED = (
         audit_t.c.serial,
         audit_t.c.detail,
     )
-    .where(audit_t.c.seq.is_(None))
+    .where(and_(audit_t.c.seq.is_(None), audit_t.c.id > bindparam("b_after")))
     .order_by(audit_t.c.id)
     .limit(bindparam("b_limit"))
 )
+_AT_SEQ = select(audit_t.c.id, audit_t.c.hash).where(audit_t.c.seq == bindparam("b_seq"))
 _SEAL = (
     update(audit_t)
     .where(and_(audit_t.c.id == bindparam("b_id"), audit_t.c.seq.is_(None)))
@@ -162,19 +163,22 @@ class AuditChain:
         return ChainHead(int(seq), str(hash_))
 
     @staticmethod
-    def _check_head(conn: Connection, head: ChainHead) -> None:
+    def _newest(conn: Connection, head: ChainHead) -> tuple[int, str]:
+        """(id, hash) of the event at the head's seq; (0, zero hash) before the first seal."""
+        if head.seq == 0:
+            return 0, ZERO_HASH
+        row = conn.execute(_AT_SEQ, {"b_seq": head.seq}).first()
+        return (0, "(missing)") if row is None else (int(row.id), str(row.hash))
+
+    @staticmethod
+    def _check_head(conn: Connection, head: ChainHead, stored: str) -> None:
         """The chain must end where its head says, with that hash, before anything is added."""
-        newest = conn.execute(select(func.max(audit_t.c.seq))).scalar()
-        stored = (
-            conn.execute(select(audit_t.c.hash).where(audit_t.c.seq == head.seq)).scalar()
-            if head.seq
-            else ZERO_HASH
-        )
-        if int(newest or 0) != head.seq or stored != head.hash:
+        newest = int(conn.execute(select(func.max(audit_t.c.seq))).scalar() or 0)
+        if newest != head.seq or stored != head.hash:
             raise ChainBroken(
                 f"the audit chain head says seq {head.seq} with hash {head.hash[:16]}…, but the chain "
-                f"ends at seq {int(newest or 0)}"
-                + ("" if stored == head.hash else f" and seq {head.seq} has hash {str(stored)[:16]}…")
+                f"ends at seq {newest}"
+                + ("" if stored == head.hash else f" and seq {head.seq} has hash {stored[:16]}…")
                 + ": sealing stopped; run kakuin audit verify"
             )
 
@@ -190,10 +194,15 @@ class AuditChain:
         while True:
             with self.begin() as conn:
                 head = self.lock_head(conn)
-                rows = conn.execute(_UNSEALED, {"b_limit": batch}).mappings().all()
+                newest_id, newest_hash = self._newest(conn, head)
+                # SQLite has one writer at a time: ids are handed out in commit order, so every
+                # waiting event comes after the newest sealed one (migration 0011). PostgreSQL
+                # draws ids before commit: its partial index of waiting events is searched whole.
+                after = newest_id if conn.dialect.name == "sqlite" else 0
+                rows = conn.execute(_UNSEALED, {"b_limit": batch, "b_after": after}).mappings().all()
                 if not rows:
                     return SealResult(total, head)
-                self._check_head(conn, head)
+                self._check_head(conn, head, newest_hash)
                 sealed_at = self.clock()
                 prev, seq = head.hash, head.seq
                 params = []

@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -147,8 +148,17 @@ class AuditEvent(Base):
     __tablename__ = "audit_events"
     __table_args__ = (
         Index("ix_audit_events_at", "at"),
-        Index("ux_audit_events_seq", "seq", unique=True),
+        # Sealed events only (migration 0011): an INSERT, whose seq is NULL, never touches it.
+        Index(
+            "ux_audit_events_seq",
+            "seq",
+            unique=True,
+            sqlite_where=text("seq IS NOT NULL"),
+            postgresql_where=text("seq IS NOT NULL"),
+        ),
     )
+    # On PostgreSQL migration 0011 also makes ix_audit_events_unsealed (id) WHERE seq IS NULL, where
+    # the sealer finds what waits (ca.audit_chain); SQLite needs none.
 
     id: Mapped[int] = mapped_column(BigID, primary_key=True, autoincrement=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -732,3 +732,47 @@ def test_kakuin_up_seals_and_signs_within_seconds(softhsm: dict[str, str], tmp_p
             os.killpg(up.pid, signal.SIGKILL)
             up.wait(timeout=10)
         log.close()
+
+
+def test_the_encoding_is_the_same_on_both_backends(postgres: Any, tmp_path: Path) -> None:
+    """One event with microseconds, Japanese, quotes, a backslash and a newline in its detail,
+    sealed at the same instant on SQLite and on PostgreSQL: the same bytes, hence the same hash, as
+    written out here by hand from docs/audit.md."""
+    from ca.audit_chain import AuditChain
+    from ca.db import make_engine, upgrade
+
+    at = datetime(2025, 4, 1, 0, 30, 0, 123456, tzinfo=UTC)
+    sealed_at = datetime(2025, 4, 1, 0, 30, 4, 500001, tzinfo=UTC)
+    detail = '{"office": "千代田区 \\"区民課\\""}\n\t'  # a raw line feed and tab at the end
+    expected = (
+        '{"action":"office.add","actor":"ra:山田","at":"2025-04-01T00:30:00.123456Z","authority":null,'
+        + r'"detail":"{\"office\": \"千代田区 \\\"区民課\\\"\"}\n\t",'
+        + '"format":"kakuin.audit.event.v1","id":7,"prev_hash":"'
+        + "0" * 64
+        + '","sealed_at":"2025-04-01T00:30:04.500001Z","seq":1,"serial":null}'
+    ).encode("utf-8")
+    hashes = []
+    for url in (f"sqlite:///{tmp_path / 'k.db'}", postgres()):
+        upgrade(url)
+        engine = make_engine(url)
+        try:
+            with engine.begin() as conn:
+                conn.execute(
+                    audit_t.insert().values(
+                        id=7,
+                        at=at,
+                        actor="ra:山田",
+                        action="office.add",
+                        authority=None,
+                        serial=None,
+                        detail=detail,
+                    )
+                )
+            assert AuditChain(engine, clock=lambda: sealed_at).seal().sealed == 1
+            with engine.connect() as conn:
+                row = conn.execute(select(audit_t)).one()
+            assert event_encoding(row._mapping) == expected
+            hashes.append(row.hash)
+        finally:
+            engine.dispose()
+    assert hashes == [hashlib.sha256(expected).hexdigest()] * 2

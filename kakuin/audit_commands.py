@@ -346,6 +346,8 @@ def record_ceremonies(
             continue
         recorded += 1
     if recorded:
+        # A key ceremony is a moment to seal and sign the log at once, as a CRL publication is.
+        audit_log(ctx).anchor(f"key ceremony {', '.join(f'{n} g{g}' for n, g in generations)}"[:128])
         present = ", ".join(witnesses) or "nobody named (--witness or KAKUIN_WITNESSES)"
         click.echo(
             f"recorded {recorded} key ceremon{'ies' if recorded != 1 else 'y'} (present: {present}); "

@@ -88,6 +88,10 @@ def test_init_records_a_ceremony_per_key(initialized: Home, tmp_path: Path) -> N
     spki_der = openssl("pkey", "-pubin", "-outform", "DER", input=spki, check=True).stdout
     assert f"certificate:  sha256 {sha256(der)}, serial " in shown
     assert f"public key:   sha256 {sha256(spki_der)}" in shown
+    # The ceremonies' events were sealed and signed at once: the log verifies with no sealer running.
+    assert re.search(r"audit event:  #\d+ \(id \d+, authority\.key_ceremony\)", shown)
+    verified = initialized.ok("audit", "verify").stdout
+    assert "unsealed:     none" in verified and verified.endswith("audit log verified\n")
 
 
 def test_token_serial_is_the_one_pkcs11_tool_reads(initialized: Home) -> None:

@@ -8,7 +8,7 @@ the chain that remains is consistent; the file still names a later head, so the 
 
 When: once ``audit.checkpoint_events`` events were sealed since the last checkpoint or
 ``audit.checkpoint_interval`` seconds passed with new events (checked by the sealer job), at every
-CRL publication, and on demand (``kakuin audit checkpoint``, an export).
+CRL publication and key ceremony, and on demand (``kakuin audit checkpoint``, an export).
 """
 
 from __future__ import annotations

@@ -776,3 +776,21 @@ def test_the_encoding_is_the_same_on_both_backends(postgres: Any, tmp_path: Path
         finally:
             engine.dispose()
     assert hashes == [hashlib.sha256(expected).hexdigest()] * 2
+
+
+def test_a_wrong_audit_setting_is_one_line_naming_it(audit_ca: AuditCA) -> None:
+    config = audit_ca.home / "kakuin.toml"
+    config.write_text("[audit]\nseal_interval = 30\nmax_unsealed_age = 45\n", encoding="utf-8")
+    result = audit_ca.kakuin("audit", "verify")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        f"kakuin: error: configuration error: audit.max_unsealed_age in {config}: must be more than twice "
+        "audit.seal_interval (or a healthy sealer breaks the bound)"
+    ]
+    config.write_text("[audit]\nchekpoint_events = 10\n", encoding="utf-8")
+    result = audit_ca.kakuin("audit", "seal")
+    assert (
+        result.returncode == 2
+        and "audit.chekpoint_events" in result.stderr
+        and "unknown setting" in result.stderr
+    )

@@ -29,6 +29,7 @@ class Problem:
     """Something the chain proves wrong. ``seq`` is where it begins (None: after every event)."""
 
     seq: float  # an int, or infinity for problems not tied to a place in the chain
+    rank: int  # at one seq, the cause (0) before what follows from it (1)
     text: str
 
 
@@ -59,8 +60,8 @@ class Verification:
     def first_problem(self) -> Problem | None:
         return min(self.problems) if self.problems else None
 
-    def bad(self, seq: float, text: str) -> None:
-        self.problems.append(Problem(seq, text))
+    def bad(self, seq: float, text: str, rank: int = 0) -> None:
+        self.problems.append(Problem(seq, rank, text))
 
 
 AFTER_CHAIN = float("inf")
@@ -250,7 +251,7 @@ def _check_checkpoints(
             if report.newest_checkpoint is None or c.seq >= report.newest_checkpoint.seq:
                 report.newest_checkpoint = c
         if entry.file_line and not entry.in_db:
-            report.bad(c.seq, f"{what} is missing from the database: its row was deleted")
+            report.bad(c.seq, f"{what} is missing from the database: its row was deleted", rank=1)
         elif entry.in_db and not entry.file_line:
             report.warnings.append(
                 f"{what} is not in {report.checkpoint_file} (written on another host, or the file lost lines)"

@@ -343,9 +343,13 @@ def test_truncated_tail_is_caught_by_the_checkpoint_file(audit_ca: AuditCA) -> N
     audit_ca.sql("DELETE FROM audit_checkpoints WHERE seq > 5")
     fifth = audit_ca.row(5)
     audit_ca.sql("UPDATE audit_chain_head SET seq = 5, hash = :hash", hash=fifth.hash)
-    line = first_bad(audit_ca.kakuin("audit", "verify"))
+    result = audit_ca.kakuin("audit", "verify")
+    line = first_bad(result)
     assert "checkpoint at seq 9 (file line 2" in line
     assert "the log's tail after seq 5 was cut" in line
+    assert re.search(
+        r"^bad: checkpoint at seq 9 \(file line 2, .* is missing from the database", result.stdout, re.M
+    )
 
 
 def test_backdated_time(audit_ca: AuditCA) -> None:

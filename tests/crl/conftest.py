@@ -37,8 +37,9 @@ def unique_partition(prefix: str = "t") -> str:
 
 
 def municipality() -> str:
-    """A 5-digit municipality code very unlikely to be used by another test."""
-    return str(secrets.randbelow(90000) + 10000)
+    """A 5-digit municipality code very unlikely to be used by another test, of a real prefecture
+    (01-47), as applicant data must name one."""
+    return f"{secrets.randbelow(47) + 1:02d}{secrets.randbelow(1000):03d}"
 
 
 def add_rows(

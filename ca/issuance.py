@@ -41,6 +41,7 @@ class IssuanceRequest:
     actor: str = "cli"
     resident_key: str | None = None
     application_id: int | None = None
+    request_key: str | None = None  # a batch line's identity (ca.bulk.line_identity)
 
 
 @dataclass(frozen=True)
@@ -305,6 +306,7 @@ class Issuer:
             "not_after": item.not_after,
             "resident_key": item.request.resident_key,
             "application_id": item.request.application_id,
+            "request_key": item.request.request_key,
         }
         return builder, row
 

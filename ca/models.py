@@ -115,6 +115,9 @@ class Certificate(Base):
     fingerprint: Mapped[str | None] = mapped_column(String(64))  # SHA-256 of the DER, hex
     resident_key: Mapped[str | None] = mapped_column(String(64))  # keyed hash, never the identifier
     application_id: Mapped[int | None] = mapped_column(BigID)
+    # A bulk-issuance line's identity (ca.bulk.line_identity): unique per issuer among the rows
+    # that are not ``failed`` (migration 0012), so a batch run again issues no line twice.
+    request_key: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revocation_reason: Mapped[str | None] = mapped_column(String(32))

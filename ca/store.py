@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, bindparam, case, delete, func, insert, select, update
+from sqlalchemy import Table, and_, bindparam, case, delete, func, insert, literal_column, select, update
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -73,6 +73,23 @@ _FAIL = (
     update(certs_t)
     .where(and_(certs_t.c.id == bindparam("b_id"), certs_t.c.status == "signing"))
     .values(status="failed")
+)
+# The rows of batch lines by identity, among those not failed: the terms are written as the partial
+# unique index of migration 0012 says (literals), so both databases use it.
+_REQUESTED = select(
+    certs_t.c.request_key,
+    certs_t.c.serial,
+    certs_t.c.profile,
+    certs_t.c.status,
+    certs_t.c.der,
+    certs_t.c.created_at,
+).where(
+    and_(
+        certs_t.c.authority_id == bindparam("b_authority"),
+        certs_t.c.request_key.in_(bindparam("b_keys", expanding=True)),
+        certs_t.c.request_key.is_not(None),
+        certs_t.c.status != literal_column("'failed'"),
+    )
 )
 
 
@@ -170,6 +187,35 @@ class IssuerGuard:
 
 class SerialCollision(Exception):
     """A random serial already exists for this issuer; the caller draws new ones."""
+
+
+class RequestTaken(Exception):
+    """A row with one of these batch-line identities (``request_key``) was reserved for this issuer
+    by another process meanwhile; the caller looks the lines up again."""
+
+
+@dataclass(frozen=True)
+class RequestedCertificate:
+    """The row a batch line's identity already has (not failed): issued (with its DER), revoked
+    or held since, or still being signed."""
+
+    request_key: str
+    serial: str
+    profile: str
+    status: str
+    der: bytes | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class SettledRow:
+    """A row left ``signing`` that the reconciler marked ``failed``."""
+
+    authority: str
+    serial: str
+    profile: str
+    request_key: str | None
+    reserved_at: datetime
 
 
 def normalize_serial(serial: str | int) -> str:
@@ -515,7 +561,10 @@ class Store(StoreReader):
                 result = conn.execute(_RESERVE, params)
                 by_serial = {(authority_id, serial): int(cert_id) for cert_id, authority_id, serial in result}
             except IntegrityError as exc:
-                if "serial" in str(exc.orig).lower():
+                message = str(exc.orig).lower()
+                if "request_key" in message:
+                    raise RequestTaken() from None
+                if "serial" in message:
                     raise SerialCollision() from None
                 raise
             ids = [by_serial[(row["authority_id"], row["serial"])] for row in rows]
@@ -572,6 +621,72 @@ class Store(StoreReader):
                 None,
                 {"count": len(cert_ids), "reason": reason},
             )
+
+    def requested(self, authority_id: int, keys: Sequence[str]) -> dict[str, RequestedCertificate]:
+        """The rows (not failed) that batch lines with these identities have with this issuer."""
+        if not keys:
+            return {}
+        with self._connect() as conn:
+            rows = conn.execute(_REQUESTED, {"b_authority": authority_id, "b_keys": list(keys)}).all()
+        return {
+            m["request_key"]: RequestedCertificate(
+                request_key=m["request_key"],
+                serial=m["serial"],
+                profile=m["profile"],
+                status=m["status"],
+                der=None if m["der"] is None else bytes(m["der"]),
+                created_at=m["created_at"],
+            )
+            for m in (r._mapping for r in rows)
+        }
+
+    def settle_signing(self, before: datetime, actor: str, batch_only: bool = False) -> list[SettledRow]:
+        """Mark ``failed`` every row still ``signing`` without its DER that was reserved before
+        ``before`` and belongs to no RA application (the RA's reconciler settles those with their
+        application); with ``batch_only``, only rows of batch lines. The DER of such a row never
+        left the process that died signing it (every issuer stores it before handing it out), so
+        nobody holds that certificate. One transaction; each row is one conditional UPDATE and one
+        ``certificate.reconcile`` audit event, so two reconcilers never settle a row twice."""
+        c = certs_t.c
+        conditions = [
+            c.status == literal_column("'signing'"),  # as ix_certificates_signing says (0012)
+            c.created_at < before,
+            c.der.is_(None),
+            c.application_id.is_(None),
+        ]
+        if batch_only:
+            conditions.append(c.request_key.is_not(None))
+        query = (
+            select(c.id, c.serial, c.profile, c.request_key, c.created_at, authorities_t.c.name)
+            .join(authorities_t, c.authority_id == authorities_t.c.id)
+            .where(and_(*conditions))
+            .order_by(c.id)
+        )
+        settled: list[SettledRow] = []
+        with self._begin() as conn:
+            for row in conn.execute(query).all():
+                changed = conn.execute(
+                    update(certs_t)
+                    .where(and_(c.id == row.id, c.status == "signing", c.der.is_(None)))
+                    .values(status="failed")
+                ).rowcount
+                if not changed:
+                    continue  # settled or completed by another process meanwhile
+                self._audit(
+                    conn,
+                    actor,
+                    "certificate.reconcile",
+                    row.name,
+                    row.serial,
+                    {
+                        "outcome": "failed",
+                        "reserved_at": row.created_at.isoformat(),
+                        "request_key": row.request_key,
+                        "reason": "reserved and never signed: the process that reserved it died",
+                    },
+                )
+                settled.append(SettledRow(row.name, row.serial, row.profile, row.request_key, row.created_at))
+        return settled
 
     def signing_rows(self) -> Iterator[CertificateRecord]:
         """Rows whose signing never completed (a killed worker): the operator revokes or fails them."""

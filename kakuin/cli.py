@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,10 @@ from ca.errors import BadRequest, KakuinError
 from ca.foreign import load_certificate
 from ca.issuance import IssuanceRequest
 from ca.names import display_name
+from ca.reconcile import grace_period, reconcile_signing
 from ca.revocation import parse_reason
 from ca.service import CAContext
+from ca.store import SettledRow
 from ca.strict_json import parse_json
 from config import ConfigError
 from hsm.softhsm import ensure_pin_file, init_token, token_exists
@@ -242,6 +244,31 @@ def ca_show(state: State, name: str) -> None:
     click.echo("\n".join(lines))
 
 
+@ca.command("reconcile")
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    help="Only rows reserved longer ago than this many seconds. Default: ca.reconcile_grace_seconds (300).",
+)
+@pass_state
+@reports_errors
+def ca_reconcile(state: State, grace: float | None) -> None:
+    """Settle certificate rows a process that died left `signing`: never signed, so `failed`
+    (a batch line of theirs is issued anew by the next run). Rows of RA applications are settled
+    by `kakuin ra reconcile` (docs/operations.md)."""
+    ctx = state.ctx
+    window = grace_period(ctx.settings) if grace is None else timedelta(seconds=grace)
+    settled = reconcile_signing(ctx.store, window)
+    for row in settled:
+        click.echo(f"settled {_settled(row)}")
+    seconds = f"{window.total_seconds():g} s"
+    click.echo(
+        f"settled {len(settled)} row(s) left signing longer than {seconds}"
+        if settled
+        else f"nothing to settle (rows left signing longer than {seconds})"
+    )
+
+
 @ca.command("cert")
 @click.argument("name")
 @click.option("--der", is_flag=True, help="Write DER instead of PEM.")
@@ -365,8 +392,12 @@ def _issue_batch(ctx: CAContext, path: Path, out: Path | None, batch_size: int, 
     if workers is None:
         workers = min(os.cpu_count() or 1, 4) if total > batch_size else 1
     bulk = BulkIssuer(ctx, actor=actor(), batch_size=batch_size, workers=workers)
+    # Lines of an earlier run killed while they were being signed: never signed, so issued anew.
+    for row in reconcile_signing(ctx.store, grace_period(ctx.settings), batch_only=True):
+        click.echo(f"settled {_settled(row)}; its line is issued anew", err=True)
     refused: list[RefusedLine] = []
-    issued = 0
+    notes: list[str] = []
+    issued = already = 0
     started = datetime.now()
     output = out.open("w", encoding="ascii") if out else sys.stdout
     try:
@@ -379,21 +410,39 @@ def _issue_batch(ctx: CAContext, path: Path, out: Path | None, batch_size: int, 
             for outcome in bulk.run(lines):
                 for item in outcome.issued:
                     output.write(item.pem)
-                issued += len(outcome.issued)
+                    if item.already is None:
+                        issued += 1
+                        continue
+                    already += 1
+                    if item.already != "issued":
+                        notes.append(
+                            f"line {item.line}: issued before as {item.serial}, {item.already} since"
+                        )
                 refused.extend(outcome.refused)
                 bar.update(outcome.lines)
     finally:
         if out:
             output.close()
     seconds = (datetime.now() - started).total_seconds()
+    for note in notes:
+        click.echo(note, err=True)
     for line in refused:
         click.echo(f"refused {line}", err=True)
     rate = issued / seconds if seconds else 0.0
+    earlier = f"already issued {already}, " if already else ""
     click.echo(
-        f"issued {issued}, refused {len(refused)} of {total} in {seconds:.1f} s ({rate:.0f}/s)", err=True
+        f"issued {issued}, {earlier}refused {len(refused)} of {total} in {seconds:.1f} s ({rate:.0f}/s)",
+        err=True,
     )
     if refused:
         sys.exit(1)
+
+
+def _settled(row: SettledRow) -> str:
+    return (
+        f"certificate {row.serial} of {row.authority} ({row.profile}): reserved "
+        f"{row.reserved_at:%Y-%m-%d %H:%M:%S}Z and never signed, now failed"
+    )
 
 
 # -- certificates and revocation ---------------------------------------------------------------

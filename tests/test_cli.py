@@ -301,7 +301,8 @@ def test_issue_batch(
             "applicant": jpki_sign_applicant(name_substitutes="0"),
         },  # bad
         {"profile": "lgpki-server", "csr": rsa_csr, "applicant": APPLICANTS["lgpki-server"]},
-        {"profile": "client", "csr": ec_csr, "applicant": APPLICANTS["client"]},
+        # The request of line 2 once more, on purpose: its own "id" makes it another line.
+        {"profile": "client", "csr": ec_csr, "applicant": APPLICANTS["client"], "id": "again"},
     ]
     text = "\n".join(json.dumps(line, ensure_ascii=False) for line in lines) + "\n"
     text += "this is not json\n"
@@ -331,8 +332,9 @@ def test_issue_batch_shows_a_progress_bar_on_a_terminal(
     batch = write(
         tmp_path / "batch.jsonl",
         "".join(
-            json.dumps({"profile": "client", "csr": ec_csr, "applicant": APPLICANTS["client"]}) + "\n"
-            for _ in range(5)
+            json.dumps({"profile": "client", "csr": ec_csr, "applicant": APPLICANTS["client"], "id": str(i)})
+            + "\n"
+            for i in range(5)
         ),
     )
     primary, secondary = pty.openpty()

@@ -22,6 +22,7 @@ from ca.store import AuthorityRecord
 from crl import paths
 from crl.config import CRLSettings
 from crl.reader import COMPLETE
+from crl.served import remember_served
 from crl.storer import CRLStore, PublishedRecord
 
 log = logging.getLogger("kakuin.crl")
@@ -82,5 +83,6 @@ def serve_imported_crl(
     if recorded is None:
         log.info("not serving %s #%d: a CRL with a higher number is served", relative, number)
         return None
+    remember_served(settings.directory, authority.name, recorded)
     log.info("serving the imported CRL %s #%d of %s", relative, number, authority.name)
     return recorded

@@ -53,6 +53,7 @@ from crl import der, paths
 from crl.builder import CRLRequest, EntryChunks, write_crl
 from crl.config import CRLSettings, load_crl_settings
 from crl.reader import ARL, COMPLETE, RevocationReader
+from crl.served import remember_served
 from crl.storer import Allocation, CRLStore, PublishedRecord
 from hsm import signature_hash
 
@@ -349,6 +350,7 @@ class Publisher:
                 "a newer CRL of this scope was published meanwhile",
                 built.phases,
             )
+        remember_served(self.settings.directory, authority.name, recorded)
         self._anchor_audit(f"crl {relative}")
         log.info(
             "published %s #%d (%d entries, %d bytes; %s)",

@@ -16,7 +16,8 @@ from typing import Any, cast
 from sqlalchemy import Table, and_, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, RowMapping
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from ca.errors import Unavailable
 from ca.timeutil import utcnow
@@ -113,6 +114,25 @@ class CRLStore:
             conn.execute(update(scopes_t).where(where).values(last_number=scopes_t.c.last_number + 1))
             scope_id, number = conn.execute(select(scopes_t.c.id, scopes_t.c.last_number).where(where)).one()
             return Allocation(scope_id=int(scope_id), number=int(number), this_update=self.clock())
+
+    def probe(self) -> str:
+        """``ok`` if the database answers and takes writes; ``read-only`` if it answers but refuses
+        a write (an SQLite file that cannot be written, a PostgreSQL standby): restricted CRLs,
+        whose downloads are recorded, cannot be served then; ``unreachable`` otherwise. The write
+        is an UPDATE that matches no row: it takes the write lock and changes nothing."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(select(1))
+        except (OperationalError, InterfaceError, PoolTimeout):
+            return "unreachable"
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    update(scopes_t).where(scopes_t.c.id == -1).values(last_number=scopes_t.c.last_number)
+                )
+        except (DBAPIError, PoolTimeout):
+            return "read-only"
+        return "ok"
 
     def scope_sample(self, scope_id: int) -> int | None:
         with self._connect() as conn:

@@ -15,6 +15,13 @@ registered verifier allowed to see the authority, identified by the TLS client c
 connection (the responder's TLS listener asks for one; gunicorn hands the socket to the app as
 ``gunicorn.socket``). Every answer about a restricted authority, served or refused, is logged
 with the verifier's registry name, never anything about residents.
+
+While the database cannot be reached (``crl.served``): public CRLs are served from the scope's
+pointer on disk (the newest recorded CRL, byte for byte, with the same headers), CA certificates
+and the authority list from the snapshot the responder keeps on disk; restricted CRLs are refused
+with 503 (the verifier registry cannot be read, and no download could be recorded). ``GET
+/healthz`` says ``degraded`` then, with 200: every node shares the database, so a load balancer
+that took the 503 of one as a dead node would take every node out and serve nothing at all.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
@@ -35,14 +42,16 @@ from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from ca.authorities import fingerprint
 from ca.errors import Unavailable
-from ca.store import AuthorityRecord, StoreReader
+from ca.store import StoreReader
 from ca.verifiers import VerifierRegistry
 from crl import paths
-from crl.storer import CRLStore, PublishedRecord
+from crl.served import ServedAuthority, ServedCRL, load_authorities, read_pointer, save_authorities
+from crl.storer import CRLStore
 
 log = logging.getLogger("kakuin.crl.access")
 
@@ -57,6 +66,9 @@ _REASONS = {
     503: "Service Unavailable",
 }
 _AUTHORITY_TTL = 30.0
+# What the database raises when it cannot be reached (a stopped server, an unopenable file, no
+# pooled connection in time): the responder then answers from disk what it may.
+_DATABASE_DOWN = (Unavailable, OperationalError, InterfaceError, PoolTimeout)
 _FILE_BLOCK = 1 << 16
 
 
@@ -118,7 +130,7 @@ class CRLResponder:
         self.issuers_prefix = urlsplit(ca_issuers_base_url).path.rstrip("/") + "/"
         self.tls_url = tls_url
         self.clock = clock
-        self._authorities: dict[str, AuthorityRecord] = {}
+        self._authorities: dict[str, ServedAuthority] = {}
         self._loaded_at = -_AUTHORITY_TTL
         self._lock = threading.Lock()
 
@@ -132,6 +144,8 @@ class CRLResponder:
                 raise Problem(
                     405, "Method not allowed", f"{method} is not served here; use GET or HEAD", "method"
                 )
+            if path == "/healthz":
+                return self._healthz(start_response, method)
             if path.startswith(self.crl_prefix):
                 return self._crl(environ, start_response, path[len(self.crl_prefix) :], method)
             if path.startswith(self.issuers_prefix):
@@ -174,17 +188,52 @@ class CRLResponder:
 
     # -- authorities -------------------------------------------------------------------------
 
-    def _authority(self, name: str) -> AuthorityRecord | None:
+    def _authority(self, name: str) -> ServedAuthority | None:
         with self._lock:
             now = self.clock()
             if name not in self._authorities or now - self._loaded_at > _AUTHORITY_TTL:
-                self._authorities = {record.name: record for record in self.reader.authorities()}
-                self._loaded_at = now
+                self._refresh_authorities(now)
             return self._authorities.get(name)
+
+    def _refresh_authorities(self, now: float) -> None:
+        """From the database, and into the snapshot on disk when they changed; while the database
+        cannot be reached, the ones known already, or the snapshot's (a worker started during the
+        outage). The database is asked again on the next request: recovery is seen at once."""
+        try:
+            loaded = self._read_authorities()
+        except _DATABASE_DOWN:
+            if not self._authorities:
+                snapshot = load_authorities(self.directory)
+                if snapshot is None:
+                    raise
+                self._authorities = snapshot
+            return
+        self._authorities = loaded
+        self._loaded_at = now
+        self._save_snapshot()
+
+    def _remember_certificate(self, authority: ServedAuthority, der: bytes | None) -> None:
+        with self._lock:
+            self._authorities = {**self._authorities, authority.name: replace(authority, certificate=der)}
+            self._save_snapshot()
+
+    def _save_snapshot(self) -> None:
+        try:
+            save_authorities(self.directory, self._authorities)
+        except OSError as exc:
+            log.warning("cannot write the authority snapshot in %s: %s", self.directory, exc)
+
+    def _read_authorities(self) -> dict[str, ServedAuthority]:
+        loaded = {}
+        for record in self.reader.authorities():
+            active = [g for g in self.reader.key_generations(record.id) if g.active]
+            certificate = active[-1].certificate_der if active else None
+            loaded[record.name] = ServedAuthority(record.id, record.name, record.restricted, certificate)
+        return loaded
 
     # -- CRLs --------------------------------------------------------------------------------
 
-    def _resolve(self, rest: str) -> tuple[AuthorityRecord, str, str]:
+    def _resolve(self, rest: str) -> tuple[ServedAuthority, str, str]:
         parsed = paths.parse(rest)
         if parsed is None:
             raise Problem(404, "Not found", f"{rest!r} is not a CRL path", "path")
@@ -205,7 +254,7 @@ class CRLResponder:
         if authority.restricted:
             caller = _peer(environ)
             verifier_name = self._admit(caller, authority, partition, kind)
-        record = self.store.latest(authority.id, partition, kind)
+        record = self._latest(authority, partition, kind)
         if record is None:
             self._log_restricted(authority, partition, kind, caller, verifier_name, None, 404)
             what = "delta CRL" if kind == "delta" else "CRL"
@@ -234,7 +283,23 @@ class CRLResponder:
             return wrapper(file, _FILE_BLOCK)  # type: ignore[no-any-return]
         return _read_blocks(file)
 
-    def _admit(self, caller: Caller, authority: AuthorityRecord, partition: str, kind: str) -> str:
+    def _latest(self, authority: ServedAuthority, partition: str, kind: str) -> ServedCRL | None:
+        """The scope's newest recorded CRL: from the database, or while it cannot be reached, for a
+        public authority, from the scope's pointer on disk (crl.served). A CRL past its nextUpdate
+        is served all the same, with max-age 0 and its Expires in the past: a relying party checks
+        nextUpdate itself, and the newest CRL there is beats none."""
+        try:
+            record = self.store.latest(authority.id, partition, kind)
+        except _DATABASE_DOWN:
+            if authority.restricted:
+                raise  # never without the verifier registry and the download log
+            served = read_pointer(self.directory, authority.name, partition, kind)
+            if served is None:
+                raise
+            return served
+        return None if record is None else ServedCRL.of(record)
+
+    def _admit(self, caller: Caller, authority: ServedAuthority, partition: str, kind: str) -> str:
         """The verifier's registry name if it may see the authority's revocation data; else 403."""
         if caller.certificate is None:
             self._log_restricted(authority, partition, kind, caller, None, None, 403)
@@ -260,7 +325,7 @@ class CRLResponder:
 
     def _log_restricted(
         self,
-        authority: AuthorityRecord,
+        authority: ServedAuthority,
         partition: str,
         kind: str,
         caller: Caller | None,
@@ -291,7 +356,7 @@ class CRLResponder:
         )
 
     def _headers(
-        self, environ: dict[str, Any], record: PublishedRecord, restricted: bool
+        self, environ: dict[str, Any], record: ServedCRL, restricted: bool
     ) -> tuple[int, list[tuple[str, str]]]:
         now = datetime.fromtimestamp(self.clock(), UTC)
         max_age = max(0, int((record.next_update - now).total_seconds()))
@@ -315,10 +380,16 @@ class CRLResponder:
         authority = self._authority(rest[: -len(".cer")])
         if authority is None:
             raise Problem(404, "Not found", f"no authority named {rest[: -len('.cer')]!r}", "authority")
-        generations = [g for g in self.reader.key_generations(authority.id) if g.active]
-        if not generations:
+        try:
+            generations = [g for g in self.reader.key_generations(authority.id) if g.active]
+            der = generations[-1].certificate_der if generations else None
+        except _DATABASE_DOWN:
+            der = authority.certificate  # as the database last said (snapshot)
+        else:
+            if der != authority.certificate:  # a rollover since the last refresh
+                self._remember_certificate(authority, der)
+        if der is None:
             raise Problem(404, "Not found", f"authority {authority.name} has no certificate", "authority")
-        der = generations[-1].certificate_der
         start_response(
             "200 OK",
             [
@@ -328,6 +399,34 @@ class CRLResponder:
             ],
         )
         return [] if method == "HEAD" else [der]
+
+    # -- health ------------------------------------------------------------------------------
+
+    def _healthz(self, start_response: StartResponse, method: str) -> Iterable[bytes]:
+        """``ok``; ``degraded`` (200) while the database cannot be reached or written: public CRLs
+        and CA certificates are served from disk, restricted CRLs refused; ``unavailable`` (503)
+        only when this worker could serve nothing (no database, no authority snapshot)."""
+        database = self.store.probe()
+        report: dict[str, Any] = {"status": "ok", "database": database}
+        status = 200
+        if database != "ok":
+            with self._lock:
+                known = bool(self._authorities) or load_authorities(self.directory) is not None
+            report["status"] = "degraded" if known else "unavailable"
+            report["restricted"] = "refused"
+            if database == "unreachable":
+                report["public"] = "served from disk" if known else "unavailable"
+            status = 200 if known else 503
+        body = json.dumps(report).encode()
+        start_response(
+            f"{status} {_REASONS[status]}",
+            [
+                ("Content-Type", "application/json"),
+                ("Content-Length", str(len(body))),
+                ("Cache-Control", "no-store"),
+            ],
+        )
+        return [] if method == "HEAD" else [body]
 
 
 def _not_modified(environ: dict[str, Any], etag: str, last_modified: datetime) -> bool:

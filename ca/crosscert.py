@@ -179,6 +179,31 @@ def agreement(registry: AuthorityRegistry, name: str) -> CrossConfig:
     return config
 
 
+def check_issue(
+    registry: AuthorityRegistry,
+    name: str,
+    certificate: x509.Certificate | None,
+    request: x509.CertificateSigningRequest | None,
+    now: datetime,
+) -> tuple[CrossConfig, LoadedAuthority, _Subject, datetime]:
+    """Every refusal of ``issue`` before it writes (dual control checks a request with it, and
+    again when it is approved); returns the agreement, the issuer, the subject and notAfter."""
+    config = agreement(registry, name)
+    issuer = registry.get(config.issuer)
+    if issuer.record.state != "active":
+        raise Conflict(f"authority {issuer.name} is {issuer.record.state} and issues no more", field="name")
+    subject = _subject(registry, config, certificate, request)
+    not_after = now + timedelta(days=365 * config.validity_years + config.validity_years // 4)
+    not_after = min(not_after, issuer.certificate.not_valid_after_utc)
+    if subject.not_after_cap is not None:
+        not_after = min(not_after, subject.not_after_cap)
+    if not_after <= now:
+        raise BadRequest("the certificate to cross-certify has expired", field="cert")
+    if spki(subject.public_key) == spki(issuer.key.public_key()):
+        raise BadRequest("that is the issuer's own key, not another CA's", field="cert")
+    return config, issuer, subject, not_after
+
+
 def issue(
     registry: AuthorityRegistry,
     store: LifecycleStore,
@@ -192,20 +217,8 @@ def issue(
 ) -> tuple[x509.Certificate, CrossRecord]:
     """Issue the cross certificate of agreement ``name``: from ``issuer`` to our own
     ``subject_authority`` (internal) or to the external CA whose certificate or CSR is given."""
-    config = agreement(registry, name)
-    issuer = registry.get(config.issuer)
-    if issuer.record.state != "active":
-        raise Conflict(f"authority {issuer.name} is {issuer.record.state} and issues no more", field="name")
-    subject = _subject(registry, config, certificate, request)
     now = (now or utcnow()).replace(microsecond=0)
-    not_after = now + timedelta(days=365 * config.validity_years + config.validity_years // 4)
-    not_after = min(not_after, issuer.certificate.not_valid_after_utc)
-    if subject.not_after_cap is not None:
-        not_after = min(not_after, subject.not_after_cap)
-    if not_after <= now:
-        raise BadRequest("the certificate to cross-certify has expired", field="cert")
-    if spki(subject.public_key) == spki(issuer.key.public_key()):
-        raise BadRequest("that is the issuer's own key, not another CA's", field="cert")
+    config, issuer, subject, not_after = check_issue(registry, name, certificate, request, now)
     serial = random_serial()
     builder = cross_certificate_builder(
         config, issuer, subject.name, subject.public_key, subject.key_identifier, urls, now, not_after, serial

@@ -146,15 +146,12 @@ def _existing_link(
     return None
 
 
-def rollover(
-    registry: AuthorityRegistry, store: LifecycleStore, urls: URLs, name: str, actor: str
-) -> RolloverResult:
-    """Give authority ``name`` a new key generation and link the two newest generations.
-
-    Safe to run again after an interruption: a key generated in the token but never recorded is
-    reused, and if the newest generation exists but its link certificates do not, this run only
-    makes the links (``resumed``) instead of starting yet another generation.
-    """
+def check_rollover(
+    registry: AuthorityRegistry, store: LifecycleStore, name: str
+) -> tuple[LoadedAuthority, KeyGenerationRecord | None]:
+    """Every refusal of ``rollover`` before it writes anything (dual control checks a request
+    with it, and again when it is approved). Returns the authority and, when the newest
+    generation still lacks its links, the generation to link it with (a resumed run)."""
     registry.forget()
     current = registry.get(name)
     if current.record.state != "active":
@@ -168,15 +165,32 @@ def rollover(
         _existing_link(store, name, previous, newest) is None
         or _existing_link(store, name, newest, previous) is None
     ):
-        return _link(registry, store, urls, current, previous, newest, actor, resumed=True)
-
-    config = current.config
-    if config.subject.public_bytes() != current.certificate.subject.public_bytes():
+        return current, previous
+    if current.config.subject.public_bytes() != current.certificate.subject.public_bytes():
         # The configured DN changed since the first generation: a new DN is a new CA, not a rollover.
         raise Conflict(
             f"the configured subject of {name} differs from its certificate's; a rollover keeps the DN",
             field="name",
         )
+    return current, None
+
+
+def rollover(
+    registry: AuthorityRegistry, store: LifecycleStore, urls: URLs, name: str, actor: str
+) -> RolloverResult:
+    """Give authority ``name`` a new key generation and link the two newest generations.
+
+    Safe to run again after an interruption: a key generated in the token but never recorded is
+    reused, and if the newest generation exists but its link certificates do not, this run only
+    makes the links (``resumed``) instead of starting yet another generation.
+    """
+    current, previous = check_rollover(registry, store, name)
+    generations = store.key_generations(current.record.id)
+    newest = generations[-1]
+    if previous is not None:
+        return _link(registry, store, urls, current, previous, newest, actor, resumed=True)
+
+    config = current.config
     number = newest.generation + 1
     label = f"{name}-g{number}"
     used = {g.key_label for g in generations}

@@ -42,9 +42,10 @@ def final_next_update(last_expiry: datetime | None, now: datetime | None = None)
     return max(last_expiry or now, now) + FINAL_CRL_MARGIN
 
 
-def terminate(store: LifecycleStore, name: str, actor: str, reason: str = "") -> Termination:
-    """Stop ``name`` issuing, for good. Refuses while a subordinate authority is still active (its
-    certificates chain through this one, whose ARL must keep being published)."""
+def check_terminate(store: LifecycleStore, name: str) -> AuthorityRecord:
+    """Every refusal of ``terminate`` before it writes (dual control checks a request with it,
+    and again when it is approved): already terminated, an active subordinate, a key outside
+    the token."""
     record = store.authority(name)
     if record.state == "terminated":
         raise Conflict(f"authority {name} is already terminated", field="name")
@@ -61,6 +62,13 @@ def terminate(store: LifecycleStore, name: str, actor: str, reason: str = "") ->
             "have the old CA issue it, then `kakuin import-legacy --crl` serves it",
             field="name",
         )
+    return record
+
+
+def terminate(store: LifecycleStore, name: str, actor: str, reason: str = "") -> Termination:
+    """Stop ``name`` issuing, for good. Refuses while a subordinate authority is still active (its
+    certificates chain through this one, whose ARL must keep being published)."""
+    record = check_terminate(store, name)
     last = store.last_expiry(record.id)
     until = final_next_update(last)
     counts = store.count_certificates(record.id)

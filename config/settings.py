@@ -360,7 +360,7 @@ _KNOWN_TOP = {"home", "database", "token", "ca", "urls", "services", "crl", "ocs
 _KNOWN_SUB = {
     "database": {"url", "busy_timeout"},
     "token": {"module", "label", "pin_env", "pin_file", "so_pin_file", "softhsm_conf"},
-    "ca": {"hierarchy", "profiles", "reconcile_grace_seconds"},
+    "ca": {"hierarchy", "profiles", "reconcile_grace_seconds", "dual_control", "approval_hours"},
     "urls": {"crl", "ocsp", "ca_issuers"},
 }
 

@@ -7,9 +7,10 @@ reached.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,10 @@ import click
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from ca.approvals import ApprovalRecord, dual_control
+from ca.authorities import ensure_hierarchy
 from ca.bulk import BulkIssuer, RefusedLine
-from ca.errors import BadRequest, KakuinError
+from ca.errors import BadRequest, Conflict, KakuinError
 from ca.foreign import load_certificate
 from ca.issuance import IssuanceRequest
 from ca.names import display_name
@@ -30,7 +33,15 @@ from ca.store import SettledRow
 from ca.strict_json import parse_json
 from config import ConfigError
 from hsm.softhsm import ensure_pin_file, init_token, token_exists
-from kakuin import audit_commands, crl_commands, lifecycle_commands, ocsp_commands, ra_commands
+from kakuin import (
+    approval_commands,
+    audit_commands,
+    crl_commands,
+    lifecycle_commands,
+    ocsp_commands,
+    ra_commands,
+)
+from kakuin import dual_control as dual_controlled
 from kakuin.common import KakuinGroup, State, actor, fail, pass_state, reports_errors, show_version
 from kakuin.urls import warn_about_urls
 
@@ -53,13 +64,18 @@ from kakuin.urls import warn_about_urls
     type=click.Path(dir_okay=False),
     help="Settings file (TOML). Default: $KAKUIN_HOME/kakuin.toml if it exists.",
 )
+@click.option(
+    "--operator",
+    envvar="KAKUIN_OPERATOR",
+    help="Who is acting, by name, for the audit log and dual control (default: the OS user).",
+)
 @click.pass_context
-def main(click_ctx: click.Context, config: str | None) -> None:
+def main(click_ctx: click.Context, config: str | None, operator: str | None) -> None:
     """Kakuin: a certificate authority for JPKI- and LGPKI-style public PKIs.
 
     Data lives in $KAKUIN_HOME (default ./var); see docs/operations.md.
     """
-    click_ctx.obj = State(config)
+    click_ctx.obj = State(config, operator)
 
 
 # -- set-up -------------------------------------------------------------------------------------
@@ -115,16 +131,80 @@ def hsm_keys(state: State) -> None:
         click.echo(f"{label}\t{token.public_info(label).spec.name}\t{flags}")
 
 
-def _initialize(state: State, witnesses: Sequence[str] = ()) -> list[str]:
+def _initialize(state: State, witnesses: Sequence[str] = (), request: bool = True) -> list[str]:
+    """Create the token, schema, audit key and every configured authority that is missing.
+
+    Under dual control (ca.dual_control) only the first run creates authorities at once: with
+    none yet, nobody could approve (the ceremony records name who was present). Afterwards a new
+    authority of the hierarchy file is a request a second operator approves (``kakuin init``
+    records it; ``kakuin up`` refuses to start until it is created)."""
     ctx = state.ctx
     _init_token(state)
     ctx.migrate()
     audit_commands.ensure_audit_key(ctx)  # checkpoints and key ceremonies are signed with it
-    created = ctx.ensure_hierarchy()
+    existing = {record.name for record in ctx.store.authorities()}
+    missing = [c.name for c in ctx.hierarchy.in_creation_order() if c.name not in existing]
+    arguments = {
+        "authorities": missing,
+        "configuration": _configuration_digests(ctx, missing),
+        "witnesses": audit_commands.witnesses_of(witnesses),
+    }
+    if missing and existing and dual_control(ctx.settings).enabled:
+        if not request:
+            raise KakuinError(
+                f"{', '.join(missing)} of the hierarchy file not created yet, and dual control is on: "
+                "`kakuin --operator NAME init` requests it and a second operator approves; "
+                "nothing was started",
+                field="ca.dual_control",
+            )
+        if dual_controlled.requested(state, CREATE.name, None, arguments):
+            return []
+    return _create_authorities(state, ctx, arguments, None)
+
+
+def _configuration_digests(ctx: CAContext, names: Sequence[str]) -> dict[str, str]:
+    """What is approved is this configuration of each new authority, not a later edit of it."""
+    authorities = ctx.hierarchy.authorities
+    return {name: hashlib.sha256(repr(authorities[name]).encode()).hexdigest() for name in names}
+
+
+def _check_create(ctx: CAContext, arguments: Mapping[str, Any]) -> None:
+    existing = {record.name for record in ctx.store.authorities()}
+    missing = [c.name for c in ctx.hierarchy.in_creation_order() if c.name not in existing]
+    if missing != list(arguments["authorities"]):
+        raise Conflict(
+            f"the authorities to create are now {', '.join(missing) or 'none'}, not "
+            f"{', '.join(arguments['authorities'])}; request again",
+            field="ca.hierarchy",
+        )
+    if _configuration_digests(ctx, missing) != arguments["configuration"]:
+        raise Conflict(
+            "the hierarchy file's entry of an authority to create changed since the request; request again",
+            field="ca.hierarchy",
+        )
+
+
+def _create_authorities(
+    state: State, ctx: CAContext, arguments: Mapping[str, Any], approval: ApprovalRecord | None
+) -> list[str]:
+    by = actor() if approval is not None else "kakuin init"
+    created = ensure_hierarchy(ctx.authorities, ctx.urls, actor=by)
     audit_commands.record_ceremonies(
-        ctx, [(name, 1) for name in created], audit_commands.witnesses_of(witnesses)
+        ctx, [(name, 1) for name in created], dual_controlled.present(approval, list(arguments["witnesses"]))
     )
     return created
+
+
+def _run_create(
+    state: State, ctx: CAContext, arguments: Mapping[str, Any], approval: ApprovalRecord | None
+) -> str:
+    created = _create_authorities(state, ctx, arguments, approval)
+    line = f"created authorities: {', '.join(created)}" if created else "nothing to create"
+    click.echo(line)
+    return line
+
+
+CREATE = dual_controlled.register(dual_controlled.Operation("authority.create", _check_create, _run_create))
 
 
 @main.command()
@@ -141,7 +221,15 @@ def init(state: State, witness: tuple[str, ...]) -> None:
     state.allow_creation()
     warn_about_urls(state.ctx)  # the CA certificates made now carry the URLs
     created = _initialize(state, witness)
-    click.echo(f"created authorities: {', '.join(created)}" if created else "already initialized")
+    if created:
+        click.echo(f"created authorities: {', '.join(created)}")
+    elif not dual_control(state.ctx.settings).enabled or not _missing(state.ctx):
+        click.echo("already initialized")
+
+
+def _missing(ctx: CAContext) -> list[str]:
+    existing = {record.name for record in ctx.store.authorities()}
+    return [c.name for c in ctx.hierarchy.in_creation_order() if c.name not in existing]
 
 
 @main.command()
@@ -156,7 +244,7 @@ def up(state: State) -> None:
     # port another process holds, is refused here having changed nothing.
     instance.claim(state.config_path, instance.SERVICES, "kakuin up", services.listeners, create=True)
     warn_about_urls(state.ctx)  # before the first run's CA certificates carry the URLs
-    created = _initialize(state)
+    created = _initialize(state, request=False)
     ctx = state.ctx
     if created:
         click.echo(f"first run: created {', '.join(created)}")
@@ -648,7 +736,14 @@ def verifier_disable(state: State, name: str) -> None:
 
 
 # Each service package's commands live in a module of their own and join the CLI here.
-for _module in (crl_commands, ocsp_commands, ra_commands, lifecycle_commands, audit_commands):
+for _module in (
+    crl_commands,
+    ocsp_commands,
+    ra_commands,
+    lifecycle_commands,
+    audit_commands,
+    approval_commands,
+):
     _module.register(main)
 
 

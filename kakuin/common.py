@@ -34,8 +34,12 @@ class State:
     reads leaves no file behind, and one that needs no token never reads the PIN.
     """
 
-    def __init__(self, config: str | None) -> None:
+    def __init__(self, config: str | None, operator: str | None = None) -> None:
         self.config_path = config
+        # Who is acting: --operator or $KAKUIN_OPERATOR (None: only the OS user is known), and,
+        # while an approved request runs, the actor naming both operators (kakuin approval).
+        self.operator = operator
+        self.acting: str | None = None
         self.creates_data = False
         self.missing_softhsm_conf: Path | None = None
         self._settings: Settings | None = None
@@ -149,8 +153,22 @@ def _os_problem(exc: OSError) -> str:
     return f"{where}{exc.strerror or exc}"
 
 
+def named_operator() -> str | None:
+    """The operator named by --operator or $KAKUIN_OPERATOR, checked; None if nobody was named."""
+    from ca.approvals import check_operator
+
+    state = _state()
+    given = state.operator if state is not None else os.environ.get("KAKUIN_OPERATOR")
+    return check_operator(given) if given else None
+
+
 def actor() -> str:
-    return f"cli:{getpass.getuser()}"
+    """``cli:<operator>`` (--operator, $KAKUIN_OPERATOR, else the OS user): two people sharing
+    one root shell at a key ceremony are told apart by the name they give."""
+    state = _state()
+    if state is not None and state.acting:
+        return state.acting
+    return f"cli:{named_operator() or getpass.getuser()}"
 
 
 def fail(message: str, status: int = 1) -> NoReturn:

@@ -5,22 +5,25 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import click
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from ca import crosscert, legacy, rollover, termination
+from ca.approvals import ApprovalRecord
 from ca.errors import BadRequest
 from ca.foreign import load_certificate, load_request
 from ca.lifecycle_store import LifecycleStore
 from ca.service import CAContext
 from ca.store import AuthorityRecord
 from ca.timeutil import utcnow
-from kakuin import audit_commands, outputs, services
+from kakuin import audit_commands, dual_control, outputs, services
 from kakuin.common import State, actor, fail, pass_state, reports_errors
 
 log = logging.getLogger("kakuin.lifecycle")
@@ -73,21 +76,59 @@ def cross_issue(
     ctx = state.ctx
     certificate = load_certificate(_read(cert_file, "cert"), "cert") if cert_file else None
     request = load_request(_read(csr_file, "csr"), "csr") if csr_file else None
+    arguments = {
+        "agreement": name,
+        "cert": _pem(certificate).decode("ascii") if certificate else None,
+        "csr": request.public_bytes(Encoding.PEM).decode("ascii") if request else None,
+        "out": str(Path(out).resolve()) if out else None,
+    }
+    issuer = crosscert.agreement(ctx.authorities, name).issuer
+    if not dual_control.requested(state, CROSS_ISSUE.name, issuer, arguments):
+        _cross_issue(state, ctx, arguments, None)
+
+
+def _cross_inputs(
+    arguments: Mapping[str, Any],
+) -> tuple[x509.Certificate | None, x509.CertificateSigningRequest | None]:
+    cert, csr = arguments["cert"], arguments["csr"]
+    return (
+        load_certificate(cert.encode("ascii"), "cert") if cert else None,
+        load_request(csr.encode("ascii"), "csr") if csr else None,
+    )
+
+
+def _check_cross_issue(ctx: CAContext, arguments: Mapping[str, Any]) -> None:
+    outputs.check_file(arguments["out"])
+    certificate, request = _cross_inputs(arguments)
+    now = utcnow().replace(microsecond=0)
+    crosscert.check_issue(ctx.authorities, arguments["agreement"], certificate, request, now)
+
+
+def _cross_issue(
+    state: State, ctx: CAContext, arguments: Mapping[str, Any], approval: ApprovalRecord | None
+) -> str:
+    certificate, request = _cross_inputs(arguments)
     signed, record = crosscert.issue(
         ctx.authorities,
         lifecycle_store(ctx),
         ctx.urls,
-        name,
+        arguments["agreement"],
         certificate=certificate,
         request=request,
         actor=actor(),
     )
-    _write(_pem(signed), out)
-    click.echo(
+    _write(_pem(signed), arguments["out"])
+    line = (
         f"issued cross certificate {record.serial} by {record.authority} to {record.subject} "
-        f"until {record.not_after:%Y-%m-%d}",
-        err=True,
+        f"until {record.not_after:%Y-%m-%d}"
     )
+    click.echo(line, err=True)
+    return line
+
+
+CROSS_ISSUE = dual_control.register(
+    dual_control.Operation("cross.issue", _check_cross_issue, _cross_issue, distinct_by=("agreement",))
+)
 
 
 @cross_certify.command("csr")
@@ -182,10 +223,27 @@ def cross_export(state: State, authority: str | None) -> None:
 def ca_rollover(state: State, name: str, out_dir: str | None, witness: tuple[str, ...]) -> None:
     """New key generation for NAME under the same DN, with link certificates old↔new."""
     outputs.check_directory(out_dir)  # before the rollover: running it again would roll over again
-    ctx = state.ctx
+    arguments = {
+        "authority": name,
+        "out_dir": str(Path(out_dir).resolve()) if out_dir else None,
+        "witnesses": audit_commands.witnesses_of(witness),
+    }
+    if not dual_control.requested(state, ROLLOVER.name, name, arguments):
+        _rollover(state, state.ctx, arguments, None)
+
+
+def _check_rollover(ctx: CAContext, arguments: Mapping[str, Any]) -> None:
+    outputs.check_directory(arguments["out_dir"])
+    rollover.check_rollover(ctx.authorities, lifecycle_store(ctx), arguments["authority"])
+
+
+def _rollover(
+    state: State, ctx: CAContext, arguments: Mapping[str, Any], approval: ApprovalRecord | None
+) -> str:
+    name, out_dir = arguments["authority"], arguments["out_dir"]
     result = rollover.rollover(ctx.authorities, lifecycle_store(ctx), ctx.urls, name, actor())
     audit_commands.record_ceremonies(
-        ctx, [(name, result.new_generation)], audit_commands.witnesses_of(witness)
+        ctx, [(name, result.new_generation)], dual_control.present(approval, list(arguments["witnesses"]))
     )
     if out_dir:
         directory = Path(out_dir)
@@ -196,15 +254,16 @@ def ca_rollover(state: State, name: str, out_dir: str | None, witness: tuple[str
         (directory / f"{name}-g{g}-old-with-new.pem").write_bytes(_pem(result.old_with_new))
     ski = result.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
     verb = "completed the links of" if result.resumed else "rolled over"
-    click.echo(
+    line = (
         f"{verb} {name}: generation {result.old_generation} -> {result.new_generation} "
         f"(SKI {ski.hex(':')}); links new-with-old {result.new_with_old.serial_number:x}, "
         f"old-with-new {result.old_with_new.serial_number:x}; new certificates use generation "
         f"{result.new_generation}, generation {result.old_generation} stays live for status"
     )
+    click.echo(line)
     try:
-        for line in serve_new_generation(ctx, name, result.new_generation):
-            click.echo(line)
+        for served in serve_new_generation(ctx, name, result.new_generation):
+            click.echo(served)
     except Exception as exc:  # the rollover is done: say what to run, do not fail it
         click.echo(
             f"warning: the CRLs and OCSP responder of {name} g{result.new_generation} are not ready yet "
@@ -212,6 +271,10 @@ def ca_rollover(state: State, name: str, out_dir: str | None, witness: tuple[str
             f"`kakuin ocsp responder-cert --authority {name}`",
             err=True,
         )
+    return line
+
+
+ROLLOVER = dual_control.register(dual_control.Operation("authority.rollover", _check_rollover, _rollover))
 
 
 def serve_new_generation(ctx: CAContext, name: str, generation: int) -> list[str]:
@@ -278,18 +341,37 @@ def ca_terminate(state: State, name: str, reason: str, yes: bool) -> None:
     ctx = state.ctx
     if not yes:
         click.confirm(f"terminate {name}? It will never issue again", abort=True, err=True)
+    arguments = {"authority": name, "reason": reason}
+    if not dual_control.requested(state, TERMINATE.name, name, arguments):
+        _terminate(state, ctx, arguments, None)
+
+
+def _check_terminate(ctx: CAContext, arguments: Mapping[str, Any]) -> None:
+    termination.check_terminate(lifecycle_store(ctx), arguments["authority"])
+    rollover.live_generations(ctx.authorities, arguments["authority"])
+
+
+def _terminate(
+    state: State, ctx: CAContext, arguments: Mapping[str, Any], approval: ApprovalRecord | None
+) -> str:
+    name = arguments["authority"]
     # Every live key generation signs a final CRL: a token that cannot load one refuses here,
     # before the authority's state changes.
     rollover.live_generations(ctx.authorities, name)
-    result = termination.terminate(lifecycle_store(ctx), name, actor(), reason)
+    result = termination.terminate(lifecycle_store(ctx), name, actor(), arguments["reason"])
     last = f"{result.last_expiry:%Y-%m-%d %H:%M:%S}Z" if result.last_expiry else "none issued"
-    click.echo(
+    summary = (
         f"terminated {name} (was {result.previous_state}); last certificate expires {last}; "
         f"final CRL nextUpdate {result.final_next_update:%Y-%m-%d %H:%M:%S}Z"
     )
+    click.echo(summary)
     publish_final_crl(ctx, name, result)
-    for line in keep_status_served(ctx):
-        click.echo(line)
+    for served in keep_status_served(ctx):
+        click.echo(served)
+    return summary
+
+
+TERMINATE = dual_control.register(dual_control.Operation("authority.terminate", _check_terminate, _terminate))
 
 
 def publish_final_crl(ctx: CAContext, name: str, result: termination.Termination) -> None:

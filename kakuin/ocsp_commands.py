@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from datetime import timedelta
+from typing import Any
 
 import click
+from cryptography.hazmat.primitives.serialization import Encoding
 
+from ca.approvals import ApprovalRecord
 from ca.service import CAContext
 from ca.timeutil import utcnow
 from config import Settings
-from kakuin import instance, services
+from kakuin import dual_control, instance, services
 from kakuin.common import State, actor, fail, pass_state, reports_errors
 from ocsp.settings import OCSPSettings, load_ocsp_settings
 
@@ -66,6 +70,32 @@ def purge_once(ctx: CAContext, days: int | None = None) -> int:
 
     retention = days if days is not None else _settings(ctx).query_log_retention_days
     return QueryLog(ctx.engine).purge(utcnow() - timedelta(days=retention))
+
+
+def _check_responder_import(ctx: CAContext, arguments: Mapping[str, Any]) -> None:
+    from ocsp.external import check_import
+
+    check_import(ctx, arguments["authority"], arguments["certificate"].encode("ascii"), utcnow())
+
+
+def _responder_import(
+    state: State, ctx: CAContext, arguments: Mapping[str, Any], approval: ApprovalRecord | None
+) -> str:
+    from ocsp.external import import_responder
+
+    authority = arguments["authority"]
+    record = import_responder(ctx, authority, arguments["certificate"].encode("ascii"), actor())
+    line = (
+        f"{authority:<14} imported generation {record.generation} "
+        f"until {record.not_after:%Y-%m-%d %H:%M:%S}Z (renew by hand before then)"
+    )
+    click.echo(line)
+    return line
+
+
+RESPONDER_IMPORT = dual_control.register(
+    dual_control.Operation("ocsp.responder_import", _check_responder_import, _responder_import)
+)
 
 
 def register(main: click.Group) -> None:
@@ -168,7 +198,7 @@ def register(main: click.Group) -> None:
         `kakuin ocsp responder-csr`; it must verify with the CA certificate, carry
         id-kp-OCSPSigning and be valid now."""
         from ca.errors import BadRequest
-        from ocsp.external import import_responder
+        from ca.foreign import load_certificate
 
         try:
             with open(certificate_file, "rb") as file:
@@ -177,11 +207,11 @@ def register(main: click.Group) -> None:
             raise BadRequest(
                 f"cannot read {certificate_file} ({exc.strerror})", field="certificate"
             ) from None
-        record = import_responder(state.ctx, authority, data, actor())
-        click.echo(
-            f"{authority:<14} imported generation {record.generation} "
-            f"until {record.not_after:%Y-%m-%d %H:%M:%S}Z (renew by hand before then)"
-        )
+        # Under dual control the request holds the certificate itself: what is approved is what runs.
+        certificate = load_certificate(data, field="certificate").public_bytes(Encoding.PEM)
+        arguments = {"authority": authority, "certificate": certificate.decode("ascii")}
+        if not dual_control.requested(state, RESPONDER_IMPORT.name, authority, arguments):
+            _responder_import(state, state.ctx, arguments, None)
 
     @ocsp_group.command("responders")
     @pass_state

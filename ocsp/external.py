@@ -32,7 +32,7 @@ from ca.lifecycle_store import LifecycleStore
 from ca.service import CAContext
 from ca.store import AuthorityRecord, KeyGenerationRecord, normalize_serial
 from ca.timeutil import utcnow
-from hsm import KeySpec, TokenError, key_for, signature_hash
+from hsm import KeySpec, PublicKeyInfo, TokenError, key_for, signature_hash
 from ocsp.responders import PROFILE, ResponderKeyRecord, ResponderKeys
 
 PARTITION = "0"  # a legacy authority's one partition (ca.legacy.PARTITION)
@@ -83,12 +83,12 @@ def responder_csr(ctx: CAContext, name: str, key_spec: str, actor: str) -> tuple
     return label, csr.public_bytes(Encoding.PEM)
 
 
-def import_responder(
-    ctx: CAContext, name: str, data: bytes, actor: str, now: datetime | None = None
-) -> ResponderKeyRecord:
-    """Check a responder certificate the external CA signed and store it as the authority's
-    responder; every refusal is a ``BadRequest`` naming the problem, and stores nothing."""
-    now = now or utcnow()
+def check_import(
+    ctx: CAContext, name: str, data: bytes, now: datetime
+) -> tuple[AuthorityRecord, KeyGenerationRecord, x509.Certificate, str, PublicKeyInfo]:
+    """Every refusal of ``import_responder`` before it writes (dual control checks a request with
+    it, and again when it is approved): the authority, its generation, the certificate, the
+    waiting token key's label and public information."""
     record, generation = external_generation(ctx, name)
     certificate = load_certificate(data, field="certificate")  # every part read: no lazy ValueError below
     ca_certificate = x509.load_der_x509_certificate(generation.certificate_der)
@@ -136,6 +136,17 @@ def import_responder(
             f"to {end:%Y-%m-%d %H:%M:%S}Z)",
             field="certificate",
         )
+    return record, generation, certificate, label, info
+
+
+def import_responder(
+    ctx: CAContext, name: str, data: bytes, actor: str, now: datetime | None = None
+) -> ResponderKeyRecord:
+    """Check a responder certificate the external CA signed and store it as the authority's
+    responder; every refusal is a ``BadRequest`` naming the problem, and stores nothing."""
+    now = now or utcnow()
+    record, generation, certificate, label, info = check_import(ctx, name, data, now)
+    start, end = certificate.not_valid_before_utc, certificate.not_valid_after_utc
     der = certificate.public_bytes(Encoding.DER)
     serial = normalize_serial(certificate.serial_number)
     certificate_id = LifecycleStore(ctx.engine).record_external_certificate(

@@ -356,7 +356,19 @@ def _services(raw: Mapping[str, Any], env: Mapping[str, str], source: str) -> di
     return services
 
 
-_KNOWN_TOP = {"home", "database", "token", "ca", "urls", "services", "crl", "ocsp", "registration", "audit"}
+_KNOWN_TOP = {
+    "home",
+    "database",
+    "token",
+    "ca",
+    "urls",
+    "services",
+    "crl",
+    "ocsp",
+    "registration",
+    "audit",
+    "front",
+}
 _KNOWN_SUB = {
     "database": {"url", "busy_timeout"},
     "token": {"module", "label", "pin_env", "pin_file", "so_pin_file", "softhsm_conf"},

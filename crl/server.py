@@ -8,6 +8,11 @@ Two listeners, two gunicorn masters (TLS settings belong to a whole gunicorn ser
   operator CA (``cert_reqs=CERT_OPTIONAL``, so a caller without one gets a readable 403 rather
   than a failed handshake); serves everything, restricted authorities to registered verifiers.
 
+Under ``kakuin up``'s front (``--front-socket PATH``) each listener serves plain HTTP on that
+private Unix socket instead, and HAProxy holds the port: for ``tls`` it terminates the TLS with
+the same certificate and client CAs and passes the verified client certificate on in a header
+(config/front.py).
+
 The master never touches the database or the token; each worker builds its app after the fork.
 """
 
@@ -18,11 +23,13 @@ import logging
 import os
 import ssl
 import sys
+from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
 from config import Settings, load_settings
+from config.front import BEHIND_FRONT_ENV
 from crl.config import CRLSettings, load_crl_settings
 from crl.tls import TLSFiles, tls_files
 
@@ -30,12 +37,16 @@ LISTENERS = ("plain", "tls")
 
 
 def gunicorn_options(
-    settings: Settings, crl_settings: CRLSettings, listener: str, tls: TLSFiles | None = None
+    settings: Settings,
+    crl_settings: CRLSettings,
+    listener: str,
+    tls: TLSFiles | None = None,
+    front_socket: Path | None = None,
 ) -> dict[str, Any]:
     service = settings.services["crl"]
     port = service.port if listener == "plain" else crl_settings.tls_port
     options: dict[str, Any] = {
-        "bind": f"{service.host}:{port}",
+        "bind": f"unix:{front_socket}" if front_socket else f"{service.host}:{port}",
         "workers": service.workers,
         # Threads, so a slow client fetching a big CRL does not hold a whole worker; plain-HTTP
         # responses go out with sendfile (wsgi.file_wrapper).
@@ -47,6 +58,9 @@ def gunicorn_options(
         "loglevel": "warning",
         "proc_name": f"kakuin-crl-{listener}",
     }
+    if front_socket is not None:
+        options["umask"] = 0o177  # the socket is its owner's only: only the front connects
+        return options
     if listener == "tls":
         if tls is None or not tls.exist():
             raise FileNotFoundError(
@@ -77,11 +91,13 @@ class ResponderServer(BaseApplication):  # type: ignore[misc]
         return create_app(self.config_path)
 
 
-def argv(listener: str, config_path: str | None) -> list[str]:
+def argv(listener: str, config_path: str | None, front_socket: Path | None = None) -> list[str]:
     """How ``kakuin up`` and ``kakuin serve crl`` start a listener."""
     args = [sys.executable, "-m", "crl.server", "--listener", listener]
     if config_path:
         args += ["--config", config_path]
+    if front_socket is not None:
+        args += ["--front-socket", str(front_socket)]
     return args
 
 
@@ -90,6 +106,12 @@ def main(args: list[str] | None = None) -> None:
     parser.add_argument("--listener", choices=LISTENERS, default="plain")
     parser.add_argument(
         "--config", default=None, help="settings file (default: $KAKUIN_CONFIG or $KAKUIN_HOME/kakuin.toml)"
+    )
+    parser.add_argument(
+        "--front-socket",
+        type=Path,
+        default=None,
+        help="serve plain HTTP on this Unix socket behind kakuin up's front (HAProxy), which terminates TLS",
     )
     options = parser.parse_args(args)
     os.umask(0o077)  # as `kakuin` sets it (docs/operations.md), however this server was started
@@ -102,7 +124,14 @@ def main(args: list[str] | None = None) -> None:
         access.addHandler(handler)
         access.setLevel(logging.INFO)
     tls = tls_files(settings.home) if options.listener == "tls" else None
-    ResponderServer(gunicorn_options(settings, crl_settings, options.listener, tls), options.config).run()
+    if options.front_socket is not None:
+        # Inherited by the workers: behind the front, the TLS listener believes the front's
+        # client certificate header, the plain one never has a client certificate.
+        os.environ[BEHIND_FRONT_ENV] = "tls" if options.listener == "tls" else "plain"
+    else:
+        os.environ.pop(BEHIND_FRONT_ENV, None)
+    server_options = gunicorn_options(settings, crl_settings, options.listener, tls, options.front_socket)
+    ResponderServer(server_options, options.config).run()
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ from ca.authorities import fingerprint
 from ca.errors import Unavailable
 from ca.store import StoreReader
 from ca.verifiers import VerifierRegistry
+from config.front import front_peer
 from crl import paths
 from crl.served import ServedAuthority, ServedCRL, load_authorities, read_pointer, save_authorities
 from crl.storer import CRLStore
@@ -100,6 +101,11 @@ def _http_date(value: datetime) -> str:
 
 
 def _peer(environ: dict[str, Any]) -> Caller:
+    """Who is asking: the client certificate the front passed on when this server runs behind
+    ``kakuin up``'s front (config/front.py), else the one of gunicorn's TLS connection."""
+    behind = front_peer(environ)
+    if behind is not None:
+        return Caller(behind.certificate, behind.tls)
     sock = environ.get("gunicorn.socket")
     if isinstance(sock, ssl.SSLSocket):
         return Caller(sock.getpeercert(binary_form=True), True)

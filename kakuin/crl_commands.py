@@ -15,7 +15,8 @@ import click
 
 from ca.service import CAContext
 from config import Settings
-from kakuin import instance, services
+from config.front import load_front_settings
+from kakuin import front, instance, services
 from kakuin.common import State, actor, fail, pass_state, reports_errors
 
 # Show a progress bar from this many entries on (a build of fewer takes well under a second).
@@ -162,7 +163,7 @@ def register(main: click.Group) -> None:
         wanted = ["plain", "tls"] if listener == "both" else [listener]
         instance.claim(state.config_path, ("crl",), "kakuin serve crl", lambda s: _listeners(s, wanted))
         ctx = state.ctx
-        processes = [p for p in (_launcher(name)(ctx) for name in wanted) if p is not None]
+        processes = [p for p in (_launcher(name, direct=True)(ctx) for name in wanted) if p is not None]
         if not processes:
             fail("nothing to serve: crl.tls_port is 0 and only the TLS listener was asked for", 2)
         _run(processes)
@@ -187,7 +188,11 @@ def _listeners(settings: Settings, wanted: Sequence[str] = ("plain", "tls")) -> 
     return found
 
 
-def _launcher(listener: str) -> Callable[[CAContext], services.ServiceProcess | None]:
+def _launcher(listener: str, direct: bool = False) -> Callable[[CAContext], services.ServiceProcess | None]:
+    """A listener of the CRL responder: on its own port (``kakuin serve crl``, or ``kakuin up``
+    without the front), or on a private Unix socket behind ``kakuin up``'s front, which then holds
+    the port (and for ``tls`` terminates the TLS with the same certificate and client CAs)."""
+
     def launch(ctx: CAContext) -> services.ServiceProcess | None:
         from crl.config import load_crl_settings
         from crl.server import argv
@@ -196,16 +201,28 @@ def _launcher(listener: str) -> Callable[[CAContext], services.ServiceProcess | 
         settings = load_crl_settings(ctx.settings)
         service = ctx.settings.services["crl"]
         prefix = ctx.settings.crl_base_url.split("://", 1)[-1].partition("/")[2]
+        behind = not direct and load_front_settings(ctx.settings).enabled
+        name = "crl" if listener == "plain" else "crl-tls"
         if listener == "plain":
-            url = f"http://{service.host}:{service.port}/{prefix}"
-            return services.ServiceProcess("crl", url, argv("plain", _config_path(ctx)))
-        if not settings.tls_port:
-            return None
-        ensure_tls_files(ctx, settings)
-        url = f"https://{service.host}:{settings.tls_port}/{prefix}"
-        return services.ServiceProcess("crl-tls", url, argv("tls", _config_path(ctx)))
+            port, url, tls = service.port, f"http://{service.host}:{service.port}/{prefix}", None
+        else:
+            if not settings.tls_port:
+                return None
+            files = ensure_tls_files(ctx, settings)
+            port, url = settings.tls_port, f"https://{service.host}:{settings.tls_port}/{prefix}"
+            tls = front.ClientTLS(files.certfile, files.keyfile, files.client_cas, "optional")
+        if not behind:
+            return services.ServiceProcess(name, url, argv(listener, _config_path(ctx)))
+        sock = front.socket_path(ctx.settings, name)
+        route = front.Route(name, service.host, port, sock, MAX_REQUEST_BODY, tls)
+        return services.ServiceProcess(name, url, argv(listener, _config_path(ctx), sock), route)
 
     return launch
+
+
+MAX_REQUEST_BODY = 1024
+"""The CRL responder answers GET and HEAD only: the front refuses a body larger than this (413);
+a small one reaches the responder, which answers 405 to anything but GET and HEAD."""
 
 
 def _run(processes: list[services.ServiceProcess]) -> None:

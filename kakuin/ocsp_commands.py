@@ -20,7 +20,8 @@ from ca.approvals import ApprovalRecord
 from ca.service import CAContext
 from ca.timeutil import utcnow
 from config import Settings
-from kakuin import dual_control, instance, services
+from config.front import load_front_settings
+from kakuin import dual_control, front, instance, services
 from kakuin.common import State, actor, fail, pass_state, reports_errors
 from ocsp.settings import OCSPSettings, load_ocsp_settings
 
@@ -338,10 +339,11 @@ def argv_port(argv: list[str]) -> str:
     return argv[argv.index("--bind") + 1].rsplit(":", 1)[1]
 
 
-def _with_env(ctx: CAContext, argv: list[str]) -> list[str]:
+def _with_env(ctx: CAContext, argv: list[str], extra: dict[str, str] | None = None) -> list[str]:
     from ocsp.server import server_environment
 
-    return ["/usr/bin/env", *(f"{k}={v}" for k, v in server_environment(ctx.settings).items()), *argv]
+    env = {**server_environment(ctx.settings), **(extra or {})}
+    return ["/usr/bin/env", *(f"{k}={v}" for k, v in env.items()), *argv]
 
 
 def _serve_listener(
@@ -372,27 +374,46 @@ def _listeners(settings: Settings) -> list[instance.Listener]:
 
 
 def _launch_plain(ctx: CAContext) -> services.ServiceProcess:
+    """granian (or gunicorn) on ``services.ocsp``; with the front, on a private Unix socket behind
+    HAProxy, which then holds the port."""
     from ocsp.server import granian_argv, gunicorn_argv
+    from ocsp.wsgi import MAX_BODY
 
     settings = _settings(ctx)
     service = ctx.settings.services["ocsp"]
+    behind = load_front_settings(ctx.settings).enabled
+    uds = front.socket_path(ctx.settings, "ocsp") if behind else None
     if settings.server == "gunicorn":
-        argv = gunicorn_argv(service.host, service.port, service.workers)
+        argv = gunicorn_argv(service.host, service.port, service.workers, uds=uds)
     else:
-        argv = granian_argv(service.host, service.port, service.workers)
-    return services.ServiceProcess("ocsp", ctx.settings.ocsp_base_url, _with_env(ctx, argv))
+        argv = granian_argv(service.host, service.port, service.workers, uds=uds)
+    if uds is None:
+        return services.ServiceProcess("ocsp", ctx.settings.ocsp_base_url, _with_env(ctx, argv))
+    route = front.Route("ocsp", service.host, service.port, uds, MAX_BODY)
+    argv = _with_env(ctx, argv, front.server_environment("plain"))
+    return services.ServiceProcess("ocsp", ctx.settings.ocsp_base_url, argv, route)
 
 
 def _launch_tls(ctx: CAContext) -> services.ServiceProcess | None:
+    """The mTLS listener of ``[ocsp.tls]``: gunicorn with TLS; with the front, gunicorn on a
+    private Unix socket and HAProxy on the port with the same certificate, key and client CA."""
     from ocsp.server import gunicorn_argv
+    from ocsp.wsgi import MAX_BODY
 
     settings = _settings(ctx)
     if settings.tls is None:
         return None
     service = ctx.settings.services["ocsp"]
-    argv = gunicorn_argv(service.host, settings.tls.port, service.workers, settings.tls)
+    url = f"https://{service.host}:{settings.tls.port}{settings.path_prefix}"
+    if not load_front_settings(ctx.settings).enabled:
+        argv = gunicorn_argv(service.host, settings.tls.port, service.workers, settings.tls)
+        return services.ServiceProcess("ocsp-tls", url, _with_env(ctx, argv))
+    uds = front.socket_path(ctx.settings, "ocsp-tls")
+    argv = gunicorn_argv(service.host, settings.tls.port, service.workers, settings.tls, uds=uds)
+    tls = front.ClientTLS(settings.tls.certificate, settings.tls.key, settings.tls.client_ca, "optional")
+    route = front.Route("ocsp-tls", service.host, settings.tls.port, uds, MAX_BODY, tls)
     return services.ServiceProcess(
-        "ocsp-tls", f"https://{service.host}:{settings.tls.port}{settings.path_prefix}", _with_env(ctx, argv)
+        "ocsp-tls", url, _with_env(ctx, argv, front.server_environment("tls")), route
     )
 
 

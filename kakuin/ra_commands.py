@@ -18,7 +18,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from ca.errors import BadRequest, KakuinError
 from ca.service import CAContext
 from config import Settings
-from kakuin import instance, outputs, services
+from config.front import load_front_settings
+from kakuin import front, instance, outputs, services
 from kakuin.common import State, actor, fail, pass_state, reports_errors
 from registration.credentials import (
     client_pkcs12,
@@ -39,16 +40,23 @@ def _store(state: State) -> RegistrationStore:
 
 
 def _launch_ra(ctx: CAContext) -> services.ServiceProcess:
-    """`kakuin up`: the RA under gunicorn on its loopback port, HTTPS with client certificates.
-    Claims left by a previous run's dead workers are repaired first (then every minute by the
-    ``ra-reconcile`` job)."""
+    """`kakuin up`: the RA under gunicorn, HTTPS with client certificates on its loopback port;
+    with the front (the default), gunicorn on a private Unix socket and HAProxy on the port, with
+    the same certificate and the same client CA. Claims left by a previous run's dead workers are
+    repaired first (then every minute by the ``ra-reconcile`` job)."""
     load_resident_hasher(ctx.settings.home, create=True)
     _reconcile_at_start(ctx)
     files = ensure_server_credentials(ctx, "kakuin up")
     service = ctx.settings.services["ra"]
-    return services.ServiceProcess(
-        "ra", f"https://{service.host}:{service.port}/v1", gunicorn_argv(ctx, files)
-    )
+    url = f"https://{service.host}:{service.port}/v1"
+    if not load_front_settings(ctx.settings).enabled:
+        return services.ServiceProcess("ra", url, gunicorn_argv(ctx, files))
+    from registration.app import max_body_bytes  # Flask: only when the RA starts
+
+    sock = front.socket_path(ctx.settings, "ra")
+    tls = front.ClientTLS(files.certificate, files.key, files.client_ca, "required", operator_crl=True)
+    route = front.Route("ra", service.host, service.port, sock, max_body_bytes(ctx.settings), tls)
+    return services.ServiceProcess("ra", url, gunicorn_argv(ctx, files, front_socket=sock), route)
 
 
 def _listeners(settings: Settings, port: int | None = None) -> list[instance.Listener]:

@@ -1,5 +1,6 @@
 """What ``kakuin up`` runs: each service as its own server process on loopback, plus the
-periodic jobs (CRL publishing, OCSP pre-signing) in this process.
+periodic jobs (CRL publishing, OCSP pre-signing) in this process, and in front of the servers
+HAProxy on every public port (kakuin/front.py; ``[front] enabled = false`` serves without it).
 
 Each service package contributes by adding a launcher to ``LAUNCHERS`` (a function that returns
 the argv of its server, or None when it is switched off), the ports its launchers will listen on
@@ -21,6 +22,8 @@ import click
 
 from ca.service import CAContext
 from config import Settings
+from config.front import load_front_settings
+from kakuin.front import Front, Route, wait_for_sockets
 from kakuin.instance import Listener
 
 
@@ -29,6 +32,7 @@ class ServiceProcess:
     name: str
     url: str
     argv: list[str]
+    route: Route | None = None  # the front's public listener for it, when it serves behind the front
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,37 @@ def listeners(settings: Settings) -> list[Listener]:
     return [listener for find in LISTENERS for listener in find(settings)]
 
 
+FRONT_CRL_INTERVAL = 60.0
+
+
+def front_program(settings: Settings) -> str:
+    from config.front import haproxy_program
+
+    return haproxy_program(load_front_settings(settings), settings.source)
+
+
+def _start_front(
+    front: Front,
+    processes: list[tuple[ServiceProcess, subprocess.Popen[bytes]]],
+    stop: threading.Event,
+) -> bool:
+    """HAProxy starts once every server behind it accepts on its socket, so that its public ports
+    open when the services can answer (a client never sees a 503 from a server still starting)."""
+    ready = wait_for_sockets(
+        [route.socket for route in front.routes],
+        alive=lambda: all(process.poll() is None for _service, process in processes),
+        stop=stop.is_set,
+    )
+    if not ready:
+        if not stop.is_set():
+            click.echo("kakuin: a server behind the front did not start; stopping", err=True)
+            stop.set()
+        return False
+    front.process = subprocess.Popen(front.argv)
+    processes.append((ServiceProcess("front", "", front.argv), front.process))
+    return True
+
+
 def _run_job(ctx: CAContext, job: Job, stop: threading.Event) -> None:
     while not stop.is_set():
         try:
@@ -67,6 +102,15 @@ def serve_all(ctx: CAContext) -> None:
         return
     processes: list[tuple[ServiceProcess, subprocess.Popen[bytes]]] = []
     stop = threading.Event()
+    routes = [service.route for service in services if service.route is not None]
+    front: Front | None = None
+    jobs = list(JOBS)
+    if routes:
+        settings = ctx.settings
+        front_settings = load_front_settings(settings)
+        front = Front(ctx, front_settings, front_program(settings), routes)
+        front.check()
+        jobs.append(Job("front-crl", front.refresh_crl, lambda _ctx: FRONT_CRL_INTERVAL))
 
     def shutdown(*_args: object) -> None:
         stop.set()
@@ -79,10 +123,12 @@ def serve_all(ctx: CAContext) -> None:
             click.echo(f"serving {service.name:<6} {service.url}")
         threads = [
             threading.Thread(target=_run_job, args=(ctx, job, stop), name=job.name, daemon=True)
-            for job in JOBS
+            for job in jobs
         ]
         for thread in threads:
             thread.start()
+        if front is not None and _start_front(front, processes, stop):
+            click.echo(f"serving front  {front.describe()}")
         while not stop.wait(1.0):
             for service, process in processes:
                 if process.poll() is not None:

@@ -4,6 +4,8 @@ granian runs the WSGI callable with a Rust HTTP stack (measured ~5x gunicorn for
 answers, architecture.md). It can demand client certificates but does not tell the application
 which one it saw, so the mTLS listener for restricted authorities is gunicorn with TLS, whose
 sync/gthread workers expose the verified peer certificate through ``environ["gunicorn.socket"]``.
+Under ``kakuin up``'s front both serve on private Unix sockets: HAProxy terminates the TLS and
+passes the verified client certificate on in a header (config/front.py).
 """
 
 from __future__ import annotations
@@ -27,7 +29,14 @@ def server_environment(settings: Settings) -> dict[str, str]:
     return env
 
 
-def granian_argv(host: str, port: int, workers: int, blocking_threads: int = 1) -> list[str]:
+def granian_argv(
+    host: str, port: int, workers: int, blocking_threads: int = 1, uds: Path | None = None
+) -> list[str]:
+    """granian on ``host:port``, or on the private Unix socket ``uds`` behind ``kakuin up``'s
+    front (socket mode 0600)."""
+    listen = (
+        ["--uds", str(uds), "--uds-permissions", "0600"] if uds else ["--host", host, "--port", str(port)]
+    )
     return [
         sys.executable,
         "-m",
@@ -36,10 +45,7 @@ def granian_argv(host: str, port: int, workers: int, blocking_threads: int = 1) 
         "wsgi",
         "--factory",
         FACTORY,
-        "--host",
-        host,
-        "--port",
-        str(port),
+        *listen,
         "--workers",
         str(workers),
         "--blocking-threads",
@@ -57,14 +63,21 @@ def granian_argv(host: str, port: int, workers: int, blocking_threads: int = 1) 
 
 
 def gunicorn_argv(
-    host: str, port: int, workers: int, tls: TLSSettings | None = None, threads: int = 4
+    host: str,
+    port: int,
+    workers: int,
+    tls: TLSSettings | None = None,
+    threads: int = 4,
+    uds: Path | None = None,
 ) -> list[str]:
+    """gunicorn on ``host:port`` (with ``tls``: HTTPS asking for client certificates), or on the
+    private Unix socket ``uds`` behind ``kakuin up``'s front, which then terminates the TLS."""
+    bind = ["--bind", f"unix:{uds}", "--umask", "0o177"] if uds else ["--bind", f"{host}:{port}"]
     argv = [
         sys.executable,
         "-m",
         "gunicorn",
-        "--bind",
-        f"{host}:{port}",
+        *bind,
         "--workers",
         str(workers),
         "--worker-class",
@@ -76,7 +89,7 @@ def gunicorn_argv(
         "--keep-alive",
         "30",
     ]
-    if tls is not None:
+    if tls is not None and uds is None:
         # CERT_OPTIONAL (1): a verifier may also authenticate by signing its request instead.
         argv += [
             "--certfile",

@@ -38,6 +38,7 @@ from ca.store import StoreReader
 from ca.timeutil import utcnow
 from ca.verifiers import VerifierRegistry
 from config import Settings, load_settings
+from config.front import front_peer
 from hsm import Token
 from ocsp import der
 from ocsp.issuers import IssuerIndex
@@ -489,7 +490,11 @@ _ANONYMOUS = Caller()
 
 
 def _caller(environ: dict[str, Any]) -> Caller:
-    """The verified TLS client certificate, where the server exposes it (gunicorn's socket)."""
+    """The verified TLS client certificate, where the server exposes it: the front's header
+    behind ``kakuin up``'s front (config/front.py), else gunicorn's TLS socket."""
+    behind = front_peer(environ)
+    if behind is not None:
+        return Caller(tls_certificate=behind.certificate) if behind.certificate else _ANONYMOUS
     sock = environ.get("gunicorn.socket")
     getpeercert = getattr(sock, "getpeercert", None)
     if getpeercert is None:

@@ -1,11 +1,13 @@
 """The RA's HTTP edge: a Flask application factory, served by gunicorn over mutual TLS.
 
 Why the pieces are here and not in the service: this module only translates. It finds the TLS
-client certificate (gunicorn hands the worker's ``ssl.SSLSocket`` to the app as
-``environ["gunicorn.socket"]``; ``getpeercert(binary_form=True)`` is the DER the handshake
-verified against the operator CA), maps ``ca.errors`` to RFC 9457 problem documents, keeps the
-Idempotency-Key promise, counts for /metrics and logs one JSON line per request without personal
-data. Everything it decides about applications comes from ``registration.service``.
+client certificate (``client_certificate``: gunicorn hands the worker's ``ssl.SSLSocket`` to the
+app as ``environ["gunicorn.socket"]``, and ``getpeercert(binary_form=True)`` is the DER the
+handshake verified against the operator CA; behind ``kakuin up``'s front, which terminates TLS,
+the front's header on the private Unix socket, config/front.py), maps ``ca.errors`` to RFC 9457
+problem documents, keeps the Idempotency-Key promise, counts for /metrics and logs one JSON line
+per request without personal data. Everything it decides about applications comes from
+``registration.service``.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from ca.service import CAContext
 from ca.store import CertificateRecord
 from ca.strict_json import parse_json
 from ca.verifiers import VerifierRecord
-from config import load_settings
+from config import Settings, load_settings
+from config.front import front_peer
 from registration.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from registration.metrics import Metrics
 from registration.openapi import openapi_document
@@ -255,16 +258,32 @@ def verifier_json(v: VerifierRecord) -> dict[str, Any]:
 # -- the application ----------------------------------------------------------------------------
 
 
+def max_body_bytes(settings: Settings) -> int:
+    """The largest request body the RA takes (``registration.max_body_bytes``, ``KAKUIN_RA_MAX_BODY``);
+    the front of ``kakuin up`` refuses larger ones itself."""
+    options = settings.raw.get("registration", {})
+    options = options if isinstance(options, dict) else {}
+    return int(os.environ.get("KAKUIN_RA_MAX_BODY") or options.get("max_body_bytes", DEFAULT_MAX_BODY))
+
+
+def client_certificate(environ: dict[str, Any]) -> bytes | None:
+    """The caller's verified client certificate (DER): the one the front passed on when this
+    server runs behind it, else the one of gunicorn's TLS connection."""
+    behind = front_peer(environ)
+    if behind is not None:
+        return behind.certificate
+    sock = environ.get("gunicorn.socket")
+    getpeercert = getattr(sock, "getpeercert", None)
+    return (getpeercert(binary_form=True) or None) if getpeercert is not None else None
+
+
 def create_app(ctx: CAContext | None = None, config: str | None = None) -> Flask:
     """Build the RA app. Under gunicorn each worker calls this after the fork, so the token is
     first touched in the worker (PKCS#11 sessions do not survive fork)."""
     if ctx is None:
         ctx = CAContext(load_settings(config))
     settings = ctx.settings
-    options = (
-        settings.raw.get("registration", {}) if isinstance(settings.raw.get("registration", {}), dict) else {}
-    )
-    max_body = int(os.environ.get("KAKUIN_RA_MAX_BODY") or options.get("max_body_bytes", DEFAULT_MAX_BODY))
+    max_body = max_body_bytes(settings)
     store = RegistrationStore(ctx.engine)
     service = RegistrationService(ctx, store, load_resident_hasher(settings.home))
     metrics = Metrics(store)
@@ -291,10 +310,7 @@ def create_app(ctx: CAContext | None = None, config: str | None = None) -> Flask
             or any("\x00" in v for v in request.args.values())
         ):
             return problem_response(400, "bad-request", "NUL characters are not allowed", "path")
-        sock = request.environ.get("gunicorn.socket")
-        der = None
-        if sock is not None and hasattr(sock, "getpeercert"):
-            der = sock.getpeercert(binary_form=True)
+        der = client_certificate(request.environ)
         if not der:
             return problem_response(
                 401,

@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from ca.service import CAContext
+from config.front import BEHIND_FRONT_ENV
 from registration.credentials import ServerFiles
 from registration.gunicorn_conf import MULTIPROC_ENV
 
@@ -44,7 +45,11 @@ def gunicorn_argv(
     port: int | None = None,
     workers: int | None = None,
     threads: int = DEFAULT_THREADS,
+    front_socket: Path | None = None,
 ) -> list[str]:
+    """gunicorn serving HTTPS with client certificates on ``host:port``; or, with
+    ``front_socket``, plain HTTP on that private Unix socket behind ``kakuin up``'s front, which
+    terminates TLS, verifies the client certificate and passes it on (config/front.py)."""
     service = ctx.settings.services["ra"]
     source = ctx.settings.source
     bind_port = port if port is not None else service.port
@@ -52,12 +57,27 @@ def gunicorn_argv(
     factory = "registration.app:create_app()"
     if source != "built-in defaults" and Path(source).is_file():
         factory = f"registration.app:create_app(config={str(Path(source).resolve())!r})"
+    if front_socket is not None:
+        # The socket is its owner's only (0600, in a 0700 directory): only the front connects.
+        listen = ["--bind", f"unix:{front_socket}", "--umask", "0o177", "--env", f"{BEHIND_FRONT_ENV}=tls"]
+    else:
+        listen = [
+            "--bind",
+            f"{host or service.host}:{bind_port}",
+            "--certfile",
+            str(files.certificate),
+            "--keyfile",
+            str(files.key),
+            "--ca-certs",
+            str(files.client_ca),
+            "--cert-reqs",
+            str(int(ssl.CERT_REQUIRED)),
+        ]
     return [
         sys.executable,
         "-m",
         "gunicorn",
-        "--bind",
-        f"{host or service.host}:{bind_port}",
+        *listen,
         "--config",
         "python:registration.gunicorn_conf",
         "--env",
@@ -72,14 +92,6 @@ def gunicorn_argv(
         "30",
         "--graceful-timeout",
         "10",
-        "--certfile",
-        str(files.certificate),
-        "--keyfile",
-        str(files.key),
-        "--ca-certs",
-        str(files.client_ca),
-        "--cert-reqs",
-        str(int(ssl.CERT_REQUIRED)),
         "--log-level",
         "warning",
         "--name",

@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 DEBIAN_PACKAGES := softhsm2 openssl postgresql wrk opensc chromium fonts-noto-cjk
 export KAKUIN_HOME ?= $(CURDIR)/var
 
-.PHONY: help run test test-latest lock lint typecheck unit bench screenshots debian-packages venv clean
+.PHONY: help run test test-latest lock lint typecheck unit bench fuzz screenshots debian-packages venv clean
 
 help:
 	@echo "make run    install what is missing, initialize on first run, serve Kakuin on 127.0.0.1"
@@ -16,6 +16,7 @@ help:
 	@echo "make test-latest  the pytest suite in .venv-latest against the newest releases of every dependency"
 	@echo "make lock   re-resolve requirements/*.txt to today's newest releases (a deliberate upgrade)"
 	@echo "make bench  run the benchmarks (prints tables; see docs/performance.md), about 20 minutes"
+	@echo "make fuzz   fuzz every parser of foreign bytes, FUZZ_SECONDS (300) each; FUZZ_TARGET=name for one (tests/fuzz/README.md)"
 	@echo "make screenshots  re-take the console screenshots in docs/console"
 
 # Debian packages: installed only when missing, so a second run makes no network call.
@@ -82,6 +83,13 @@ lock: $(BIN)/.installed
 BENCHES ?= issuance crl ocsp ra audit
 bench: venv
 	@for b in $(BENCHES); do echo "== python -m bench.$$b"; $(BIN)/python -m bench.$$b || exit 1; done
+
+# Fuzzing as long as asked (make test fuzzes each target for 2 s): the grown corpus is kept in
+# tests/fuzz/work, crashing inputs go to tests/fuzz/crashes (both gitignored; tests/fuzz/README.md).
+FUZZ_SECONDS ?= 300
+FUZZ_TARGET ?= all
+fuzz: venv
+	$(BIN)/python -m tests.fuzz.run $(FUZZ_TARGET) --seconds $(FUZZ_SECONDS) --work tests/fuzz/work
 
 # The console tests write their screenshots to a scratch directory unless asked for docs/console.
 screenshots: venv

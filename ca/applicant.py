@@ -40,6 +40,41 @@ def text(max_length: int) -> Validator:
     return check
 
 
+# The subject's common name: RFC 5280's ub-common-name is 64, which cryptography enforces in UTF-8
+# octets (a CN of 22 kanji is 66), when the certificate is built, long after validation.
+COMMON_NAME_OCTETS = 64
+
+
+def common_name(name: str, value: Any) -> str:
+    value = text(COMMON_NAME_OCTETS)(name, value)
+    if len(value.encode("utf-8")) > COMMON_NAME_OCTETS:
+        raise BadApplicantData(
+            f"becomes the common name: at most {COMMON_NAME_OCTETS} UTF-8 octets (a kanji takes 3)",
+            field=_field(name),
+        )
+    return value
+
+
+# A JPKI certificate's CRL distribution point names its municipality's CRL issuer as
+# ``CN=<municipality> CRLDP`` (ca.extensions.partition_directory_name): the same limit holds there.
+CRLDP_SUFFIX = " CRLDP"
+
+
+def crl_issuer_name(base: Validator) -> Validator:
+    def check(name: str, value: Any) -> str:
+        value = base(name, value)
+        if len((value + CRLDP_SUFFIX).encode("utf-8")) > COMMON_NAME_OCTETS:
+            limit = COMMON_NAME_OCTETS - len(CRLDP_SUFFIX)
+            raise BadApplicantData(
+                f"names the municipality's CRL issuer (CN=…{CRLDP_SUFFIX}): at most {limit} UTF-8 octets "
+                "(a kanji takes 3)",
+                field=_field(name),
+            )
+        return value
+
+    return check
+
+
 def ascii_text(max_length: int) -> Validator:
     base = text(max_length)
 
@@ -176,9 +211,9 @@ SCHEMAS: dict[str, dict[str, Field]] = {
         "former_surname": Field(text(100), required=False),
         "former_surname_substitutes": Field(flags, required=False),
         "prefecture": Field(text(64)),
-        "municipality": Field(text(64)),
+        "municipality": Field(crl_issuer_name(text(64))),
         "prefecture_romaji": Field(ascii_text(64), required=False),
-        "municipality_romaji": Field(ascii_text(64), required=False),
+        "municipality_romaji": Field(crl_issuer_name(ascii_text(64)), required=False),
         "municipality_code": Field(municipality_code),
         "office_code": Field(office_code),
         "card_expiry": Field(iso_date),
@@ -188,18 +223,18 @@ SCHEMAS: dict[str, dict[str, Field]] = {
         "card_expiry": Field(iso_date),
         "municipality_code": Field(municipality_code),
         "prefecture_romaji": Field(ascii_text(64), required=False),
-        "municipality_romaji": Field(ascii_text(64), required=False),
+        "municipality_romaji": Field(crl_issuer_name(ascii_text(64)), required=False),
     },
     "lgpki-person": {
         "organization": Field(text(64)),
         "unit": Field(text(64), required=False),
-        "common_name": Field(text(64)),
+        "common_name": Field(common_name),
         "email": Field(email, required=False),
     },
     "lgpki-post": {
         "organization": Field(text(64)),
         "unit": Field(text(64), required=False),
-        "post": Field(text(64)),
+        "post": Field(common_name),
     },
     "lgpki-server": {
         "organization": Field(text(64), required=False),
@@ -207,10 +242,10 @@ SCHEMAS: dict[str, dict[str, Field]] = {
         "ip_addresses": Field(ip_addresses, required=False),
     },
     "ocsp-responder": {
-        "common_name": Field(text(64), required=False),
+        "common_name": Field(common_name, required=False),
     },
     "operator-client": {
-        "common_name": Field(text(64)),
+        "common_name": Field(common_name),
         "unit": Field(text(64), required=False),
     },
 }
@@ -242,6 +277,12 @@ def validate_applicant(profile: Profile, data: Any, today: date | None = None) -
     _check_dates(clean, today or utcnow().astimezone(JST).date())
     if profile.subject == "jpki-sign":
         _check_jpki_sign(clean)
+    if profile.subject == "lgpki-server" and len(clean["dns_names"][0]) > COMMON_NAME_OCTETS:
+        raise BadApplicantData(
+            f"the first DNS name becomes the common name: at most {COMMON_NAME_OCTETS} characters "
+            "(put a shorter name first)",
+            field=f"{_field('dns_names')}[0]",
+        )
     return clean
 
 

@@ -337,42 +337,34 @@ def request_for(registry: AuthorityRegistry, store: LifecycleStore, name: str, a
     return csr.public_bytes(Encoding.PEM)
 
 
-def import_reverse(
-    registry: AuthorityRegistry,
-    store: LifecycleStore,
-    authority_name: str,
+def check_reverse(
     certificate: x509.Certificate,
-    *,
-    issuer_certificate: x509.Certificate | None = None,
-    agreement_name: str | None = None,
-    actor: str,
-) -> CrossRecord:
-    """Keep the certificate another CA issued for one of our authority's keys, after checking that
-    it does certify that key under our name (and, given the issuer's certificate, that its
-    signature verifies)."""
-    authority = registry.get(authority_name)
-    ours = {
-        spki(x509.load_der_x509_certificate(g.certificate_der).public_key()): g
-        for g in store.key_generations(authority.record.id)
-    }
-    if spki(certificate.public_key()) not in ours:
+    authority_name: str,
+    subject: x509.Name,
+    our_keys: set[bytes],
+    issuer_certificate: x509.Certificate | None,
+    now: datetime,
+) -> None:
+    """``BadRequest`` unless ``certificate`` certifies one of ``our_keys`` (SubjectPublicKeyInfo
+    DER) under our ``subject``, as a CA, unexpired, from another CA (and, given the issuer's
+    certificate, signed by it). What needs no store: fuzzed by tests/fuzz."""
+    if spki(certificate.public_key()) not in our_keys:
         raise BadRequest(
             f"the certificate does not certify a key of {authority_name} (its public key is none of ours)",
             field="cert",
         )
-    if name_pairs(certificate.subject) != name_pairs(authority.certificate.subject):
+    if name_pairs(certificate.subject) != name_pairs(subject):
         raise BadRequest(
-            f"the certificate names {certificate.subject.rfc4514_string()}, not "
-            f"{authority.certificate.subject.rfc4514_string()}",
+            f"the certificate names {certificate.subject.rfc4514_string()}, not {subject.rfc4514_string()}",
             field="cert",
         )
     if not _is_ca(certificate):
         raise BadRequest(
             "the certificate is not a CA certificate (basicConstraints CA, keyCertSign)", field="cert"
         )
-    if certificate.not_valid_after_utc <= utcnow():
+    if certificate.not_valid_after_utc <= now:
         raise BadRequest("the certificate has expired", field="cert")
-    if name_pairs(certificate.issuer) == name_pairs(authority.certificate.subject):
+    if name_pairs(certificate.issuer) == name_pairs(subject):
         raise BadRequest(
             "the certificate is self-issued: a cross certificate comes from another CA", field="cert"
         )
@@ -391,6 +383,29 @@ def import_reverse(
             raise BadRequest(
                 f"the signature does not verify with --issuer ({type(exc).__name__})", field="cert"
             ) from None
+
+
+def import_reverse(
+    registry: AuthorityRegistry,
+    store: LifecycleStore,
+    authority_name: str,
+    certificate: x509.Certificate,
+    *,
+    issuer_certificate: x509.Certificate | None = None,
+    agreement_name: str | None = None,
+    actor: str,
+) -> CrossRecord:
+    """Keep the certificate another CA issued for one of our authority's keys, after checking that
+    it does certify that key under our name (and, given the issuer's certificate, that its
+    signature verifies)."""
+    authority = registry.get(authority_name)
+    ours = {
+        spki(x509.load_der_x509_certificate(g.certificate_der).public_key())
+        for g in store.key_generations(authority.record.id)
+    }
+    check_reverse(
+        certificate, authority_name, authority.certificate.subject, ours, issuer_certificate, utcnow()
+    )
     if agreement_name is not None:
         agreement(registry, agreement_name)
     der = certificate.public_bytes(Encoding.DER)

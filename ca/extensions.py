@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
 
+from ca.applicant import CRLDP_SUFFIX
 from ca.hierarchy import AuthorityConfig
 from ca.names import name_from_pairs
 from ca.profiles import EXTENSIONS, Profile
@@ -164,7 +165,7 @@ def partition_directory_name(issuer: IssuerView, partition: str, applicant: dict
         return issuer.certificate.subject
     prefecture = str(applicant.get("prefecture_romaji") or applicant.get("prefecture") or partition[:2])
     municipality = str(applicant.get("municipality_romaji") or applicant.get("municipality") or partition)
-    extra = name_from_pairs([["OU", prefecture], ["CN", f"{municipality} CRLDP"]])
+    extra = name_from_pairs([["OU", prefecture], ["CN", municipality + CRLDP_SUFFIX]])
     return x509.Name(list(base.rdns) + list(extra.rdns))
 
 

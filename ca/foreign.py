@@ -25,6 +25,7 @@ PARSE_ERRORS: tuple[type[Exception], ...] = (
     TypeError,
     IndexError,
     x509.DuplicateExtension,
+    x509.InvalidVersion,  # a version field other than v1 or v3 (not a ValueError either)
     UnsupportedAlgorithm,
 )
 

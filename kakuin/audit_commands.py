@@ -51,9 +51,13 @@ def _read_key(path: str) -> tuple[object, str]:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
+    from ca.foreign import PARSE_ERRORS
+
+    # PARSE_ERRORS: UnsupportedAlgorithm too, for a key of a type cryptography does not know
+    unreadable: tuple[type[Exception], ...] = (OSError, *PARSE_ERRORS)
     try:
         public = serialization.load_pem_public_key(Path(path).read_bytes())
-    except (OSError, ValueError) as exc:
+    except unreadable as exc:
         raise BadRequest(f"{path} is not a PEM public key ({exc})", field="--key") from None
     if not isinstance(public, ec.EllipticCurvePublicKey):
         raise BadRequest(f"{path} is not an EC public key", field="--key")

@@ -83,15 +83,11 @@ def responder_csr(ctx: CAContext, name: str, key_spec: str, actor: str) -> tuple
     return label, csr.public_bytes(Encoding.PEM)
 
 
-def check_import(
-    ctx: CAContext, name: str, data: bytes, now: datetime
-) -> tuple[AuthorityRecord, KeyGenerationRecord, x509.Certificate, str, PublicKeyInfo]:
-    """Every refusal of ``import_responder`` before it writes (dual control checks a request with
-    it, and again when it is approved): the authority, its generation, the certificate, the
-    waiting token key's label and public information."""
-    record, generation = external_generation(ctx, name)
+def check_responder_certificate(data: bytes, name: str, ca_certificate: x509.Certificate) -> x509.Certificate:
+    """The responder certificate in ``data`` (PEM or DER, read in full), if authority ``name``'s CA
+    certificate signed it for id-kp-OCSPSigning; else a ``BadRequest`` naming the problem. (What
+    needs the token and the store is ``import_responder``'s; this part is fuzzed: tests/fuzz.)"""
     certificate = load_certificate(data, field="certificate")  # every part read: no lazy ValueError below
-    ca_certificate = x509.load_der_x509_certificate(generation.certificate_der)
     if certificate.issuer.public_bytes() != ca_certificate.subject.public_bytes():
         raise BadRequest(
             f"the certificate was issued by {certificate.issuer.rfc4514_string()}, "
@@ -113,6 +109,18 @@ def check_import(
             "the certificate does not carry extendedKeyUsage id-kp-OCSPSigning (RFC 6960 §4.2.2.2)",
             field="certificate",
         )
+    return certificate
+
+
+def check_import(
+    ctx: CAContext, name: str, data: bytes, now: datetime
+) -> tuple[AuthorityRecord, KeyGenerationRecord, x509.Certificate, str, PublicKeyInfo]:
+    """Every refusal of ``import_responder`` before it writes (dual control checks a request with
+    it, and again when it is approved): the authority, its generation, the certificate, the
+    waiting token key's label and public information."""
+    record, generation = external_generation(ctx, name)
+    ca_certificate = x509.load_der_x509_certificate(generation.certificate_der)
+    certificate = check_responder_certificate(data, name, ca_certificate)
     label = pending_label(ctx, record)
     try:
         info = ctx.token.public_info(label)

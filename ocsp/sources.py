@@ -22,12 +22,13 @@ from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from sqlalchemy.exc import DBAPIError
 
 from ca.errors import Unavailable
+from ca.foreign import PARSE_ERRORS
 from ca.signed_status import StatusReader, StatusRow
 from ca.verifiers import VerifierRecord, VerifierRegistry
 from hsm import TokenError
@@ -244,6 +245,11 @@ _HASHES: dict[str, type[hashes.SHA1 | hashes.SHA256 | hashes.SHA384 | hashes.SHA
 }
 
 
+# A signature that does not verify, or a certificate that cannot be read (x509.InvalidVersion too:
+# a crafted certificate is no verifier's).
+_UNVERIFIABLE: tuple[type[Exception], ...] = (InvalidSignature, *PARSE_ERRORS)
+
+
 def verify_request_signature(signature: RequestSignature, certificate_der: bytes, now: datetime) -> bool:
     """RFC 6960 §4.1.2: the signature over tbsRequest verifies with the signer certificate's key,
     and that certificate is within its validity period. (Who the signer is was decided by the
@@ -269,6 +275,6 @@ def verify_request_signature(signature: RequestSignature, certificate_der: bytes
             )
         else:
             return False
-    except (InvalidSignature, UnsupportedAlgorithm, ValueError, TypeError):
+    except _UNVERIFIABLE:
         return False
     return True

@@ -77,6 +77,11 @@ def _parse(der: bytes, pos: int) -> tuple[Element, int]:
     return Element(identifier, der[pos:end], None), end
 
 
+def encode(element: Element) -> bytes:
+    """``element`` in DER (lengths recomputed: the fuzz mutator changes trees)."""
+    return _dump(element, None, "")
+
+
 def _mutations(element: Element) -> list[str]:
     found = ["long-form length"]
     if element.children is not None:
@@ -125,15 +130,15 @@ def _dump(element: Element, target: Element | None, mutation: str) -> bytes:
     return identifier + _length(len(content)) + content
 
 
-def _walk(element: Element, path: str) -> Iterator[tuple[str, Element]]:
+def walk(element: Element, path: str = "0") -> Iterator[tuple[str, Element]]:
     yield path, element
     for number, child in enumerate(element.children or []):
-        yield from _walk(child, f"{path}.{number}")
+        yield from walk(child, f"{path}.{number}")
 
 
 def ber_variants(der: bytes) -> Iterator[tuple[str, bytes]]:
     """(description, bytes) for every BER-only spelling of one element of ``der``."""
     root = parse(der)
-    for path, element in _walk(root, "0"):
+    for path, element in walk(root):
         for mutation in _mutations(element):
             yield f"{mutation} at {path} (tag {element.tag:#04x})", _dump(root, element, mutation)

@@ -5,7 +5,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
-DEBIAN_PACKAGES := softhsm2 openssl postgresql wrk opensc chromium fonts-noto-cjk
+DEBIAN_PACKAGES := softhsm2 openssl postgresql wrk opensc chromium fonts-noto-cjk prometheus systemd
 export KAKUIN_HOME ?= $(CURDIR)/var
 
 .PHONY: help run test test-latest lock lint typecheck unit bench fuzz screenshots debian-packages venv clean

@@ -72,6 +72,21 @@ def describe_module(module_path: str) -> str:
     return f"{module_path}: {maker} {description} {version} (Cryptoki {cryptoki})"
 
 
+def token_serial(module_path: str, label: str) -> str:
+    """The serial number of the token labelled ``label`` (``C_GetTokenInfo``: no session, no
+    PIN), as a backup records it; SoftHSM2's is the tail of its token directory's name."""
+    try:
+        token = pkcs11.lib(module_path).get_token(token_label=label)
+    except (RuntimeError, OSError) as exc:
+        raise TokenError(f"cannot load PKCS#11 module {module_path}: {str(exc) or type(exc).__name__}") from None
+    except p11e.NoSuchToken:
+        raise TokenError(f"no PKCS#11 token labelled {label!r} in {module_path}") from None
+    except p11e.MultipleTokensReturned:
+        raise TokenError(f"more than one token labelled {label!r}") from None
+    serial = token.serial
+    return (serial.decode("ascii", "replace") if isinstance(serial, bytes) else str(serial)).strip()
+
+
 @dataclass(frozen=True)
 class KeySpec:
     """A key type Kakuin generates: ``rsa-2048|3072|4096`` or ``ec-p256|p384``."""

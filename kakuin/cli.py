@@ -36,6 +36,7 @@ from hsm.softhsm import ensure_pin_file, init_token, token_exists
 from kakuin import (
     approval_commands,
     audit_commands,
+    backup,
     crl_commands,
     lifecycle_commands,
     ocsp_commands,
@@ -743,6 +744,7 @@ for _module in (
     lifecycle_commands,
     audit_commands,
     approval_commands,
+    backup,
 ):
     _module.register(main)
 

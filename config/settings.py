@@ -368,6 +368,7 @@ _KNOWN_TOP = {
     "registration",
     "audit",
     "front",
+    "metrics",
 }
 _KNOWN_SUB = {
     "database": {"url", "busy_timeout"},

@@ -19,7 +19,6 @@ The master never touches the database or the token; each worker builds its app a
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import ssl
 import sys
@@ -28,7 +27,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from config import Settings, load_settings
+from config import Settings, load_settings, logs
 from config.front import BEHIND_FRONT_ENV
 from crl.config import CRLSettings, load_crl_settings
 from crl.tls import TLSFiles, tls_files
@@ -57,6 +56,10 @@ def gunicorn_options(
         "errorlog": "-",
         "loglevel": "warning",
         "proc_name": f"kakuin-crl-{listener}",
+        # JSON lines (config/logs.py) with an access line per request: method, path (authority
+        # and partition, never a query string), status, duration; never who asked.
+        "logger_class": logs.GUNICORN_LOGGER_CLASS,
+        "accesslog": "-",
     }
     if front_socket is not None:
         options["umask"] = 0o177  # the socket is its owner's only: only the front connects
@@ -117,12 +120,7 @@ def main(args: list[str] | None = None) -> None:
     os.umask(0o077)  # as `kakuin` sets it (docs/operations.md), however this server was started
     settings = load_settings(options.config)
     crl_settings = load_crl_settings(settings)
-    access = logging.getLogger("kakuin.crl")
-    if not access.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
-        access.addHandler(handler)
-        access.setLevel(logging.INFO)
+    logs.setup_logging("crl", logs.level_from_env("info"))  # the workers inherit it
     tls = tls_files(settings.home) if options.listener == "tls" else None
     if options.front_socket is not None:
         # Inherited by the workers: behind the front, the TLS listener believes the front's

@@ -42,6 +42,9 @@ from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -152,6 +155,8 @@ class CRLResponder:
                 )
             if path == "/healthz":
                 return self._healthz(start_response, method)
+            if path == "/metrics":
+                return self._metrics(start_response, method)
             if path.startswith(self.crl_prefix):
                 return self._crl(environ, start_response, path[len(self.crl_prefix) :], method)
             if path.startswith(self.issuers_prefix):
@@ -433,6 +438,71 @@ class CRLResponder:
             ],
         )
         return [] if method == "HEAD" else [body]
+
+    def _metrics(self, start_response: StartResponse, method: str) -> Iterable[bytes]:
+        """Prometheus text: whether the database answers and takes writes, and the nextUpdate of
+        the newest CRL of each scope as this responder would serve it (from the database; while it
+        is down, from the pointers on disk of the authorities it knows)."""
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_ResponderCollector(self))
+        body = generate_latest(registry)
+        start_response(
+            "200 OK",
+            [
+                ("Content-Type", CONTENT_TYPE_LATEST),
+                ("Content-Length", str(len(body))),
+                ("Cache-Control", "no-store"),
+            ],
+        )
+        return [] if method == "HEAD" else [body]
+
+    def served_next_updates(self) -> list[tuple[str, str, str, datetime]]:
+        """(authority, partition, kind, nextUpdate) of the newest CRL of every scope."""
+        try:
+            names = {a.id: a.name for a in self._read_authorities().values()}
+            return [
+                (names[r.authority_id], r.partition, r.kind, r.next_update)
+                for r in self.store.latest_all()
+                if r.authority_id in names
+            ]
+        except _DATABASE_DOWN:
+            with self._lock:
+                known = dict(self._authorities) or load_authorities(self.directory) or {}
+            found = []
+            for authority in known.values():
+                if authority.restricted:
+                    continue
+                for kind in ("full", "delta"):
+                    served = read_pointer(self.directory, authority.name, "", kind)
+                    if served is not None:
+                        found.append((authority.name, "", kind, served.next_update))
+            return found
+
+
+class _ResponderCollector(Collector):
+    def __init__(self, responder: CRLResponder) -> None:
+        self.responder = responder
+
+    def collect(self) -> Iterator[Metric]:
+        database = self.responder.store.probe()
+        up = GaugeMetricFamily("kakuin_crl_database_up", "Whether the CRL responder reaches the database.")
+        up.add_metric([], 0 if database == "unreachable" else 1)
+        writable = GaugeMetricFamily(
+            "kakuin_crl_database_writable",
+            "Whether the database takes writes (restricted CRLs, whose downloads are recorded, need it).",
+        )
+        writable.add_metric([], 1 if database == "ok" else 0)
+        next_update = GaugeMetricFamily(
+            "kakuin_crl_next_update_timestamp_seconds",
+            "nextUpdate of the newest CRL of each scope this responder serves.",
+            labels=["authority", "partition", "kind"],
+        )
+        try:
+            for authority, partition, kind, when in self.responder.served_next_updates():
+                next_update.add_metric([authority, partition, kind], when.timestamp())
+        except Exception as exc:  # the figures it has still count; the type only in the log
+            log.warning("CRL metrics incomplete: %s", type(exc).__name__)
+        yield from (up, writable, next_update)
 
 
 def _not_modified(environ: dict[str, Any], etag: str, last_modified: datetime) -> bool:

@@ -234,10 +234,21 @@ def _missing(ctx: CAContext) -> list[str]:
 
 
 @main.command()
+@click.option(
+    "--log-file",
+    type=click.Path(dir_okay=False),
+    envvar="KAKUIN_LOG_FILE",
+    help="Append the JSON-lines log of every service here instead of stderr; SIGHUP reopens it.",
+)
 @pass_state
 @reports_errors
-def up(state: State) -> None:
+def up(state: State, log_file: str | None) -> None:
     """Initialize on first run, then serve every service on loopback (Ctrl-C stops them)."""
+    from config import logs
+
+    logs.use_log_file(log_file)
+    logs.setup_logging("scheduler", logs.level_from_env("info"))
+    logs.reopen_on_sighup()
     state.allow_creation()
     from kakuin import instance, services
 

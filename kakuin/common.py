@@ -296,6 +296,12 @@ class KakuinGroup(click.Group):
             return super().make_context(info_name, args, parent, **extra)
 
     def invoke(self, ctx: click.Context) -> Any:
+        # What a command logs (not what it tells its user: that is click.echo) is JSON lines on
+        # stderr, warnings and worse unless KAKUIN_LOG_LEVEL or KAKUIN_LOG_FILE asks for more
+        # (config/logs.py); `kakuin up` switches to service "scheduler" and info.
+        from config import logs
+
+        logs.setup_logging("cli", logs.level_from_env("info" if os.environ.get(logs.FILE_ENV) else "warning"))
         with _one_line():
             return super().invoke(ctx)
 

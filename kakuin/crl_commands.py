@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import subprocess
 import sys
@@ -260,8 +261,10 @@ def _publish_job(ctx: CAContext) -> None:
         publisher = _PUBLISHERS[id(ctx)] = _publisher(ctx, "kakuin up (crl schedule)")
     done = [o.record for o in publisher.run_due() if o.record is not None]
     fulls = sum(1 for record in done if record.kind == "full")
-    if fulls:
-        click.echo(f"crl: published {fulls} full and {len(done) - fulls} delta CRLs", err=True)
+    if done:
+        logging.getLogger("kakuin.crl").info(
+            "crl published", extra={"fields": {"full": fulls, "delta": len(done) - fulls}}
+        )
 
 
 def _poll_interval(ctx: CAContext) -> float:

@@ -487,11 +487,13 @@ def serve_external(ctx: CAContext, record: AuthorityRecord, key_generation_id: i
             if not quiet:
                 click.echo(notice.message)
             continue
-        log.warning("%s", notice.message)
-        last = _WARNED.get(record.name)
-        if not quiet or last is None or now - last >= WARN_EVERY:
-            _WARNED[record.name] = now
+        if not quiet:
             click.echo(f"kakuin: warning: {notice.message}", err=True)
+            continue
+        last = _WARNED.get(record.name)
+        if last is None or now - last >= WARN_EVERY:  # kakuin up's job: in its log, once a day
+            _WARNED[record.name] = now
+            log.warning("%s", notice.message, extra={"fields": {"authority": record.name}})
     return done
 
 

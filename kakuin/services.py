@@ -11,6 +11,7 @@ never import each other; only this composition root knows them all.
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import click
 from ca.service import CAContext
 from config import Settings
 from config.front import load_front_settings
+from kakuin import monitor
 from kakuin.front import Front, Route, wait_for_sockets
 from kakuin.instance import Listener
 
@@ -45,8 +47,9 @@ class Job:
 
 
 LAUNCHERS: list[Callable[[CAContext], ServiceProcess | None]] = []
-LISTENERS: list[Callable[[Settings], list[Listener]]] = []
+LISTENERS: list[Callable[[Settings], list[Listener]]] = [monitor.listeners]
 JOBS: list[Job] = []
+log = logging.getLogger("kakuin.scheduler")
 
 
 def listeners(settings: Settings) -> list[Listener]:
@@ -87,11 +90,16 @@ def _start_front(
 
 def _run_job(ctx: CAContext, job: Job, stop: threading.Event) -> None:
     while not stop.is_set():
+        interval = job.interval(ctx)
         try:
             job.run(ctx)
-        except Exception as exc:  # a failed run is reported and retried at the next interval
-            click.echo(f"kakuin: job {job.name} failed: {type(exc).__name__}: {exc}", err=True)
-        stop.wait(job.interval(ctx))
+        except Exception as exc:  # a failed run is logged and retried at the next interval
+            monitor.JOBS.failure(job.name, interval)
+            # The type only: a message may carry a database row, and a row may be personal data.
+            log.error("job failed", extra={"fields": {"job": job.name, "error": type(exc).__name__}})
+        else:
+            monitor.JOBS.success(job.name, interval)
+        stop.wait(interval)
 
 
 def serve_all(ctx: CAContext) -> None:
@@ -121,6 +129,13 @@ def serve_all(ctx: CAContext) -> None:
         for service in services:
             processes.append((service, subprocess.Popen(service.argv)))
             click.echo(f"serving {service.name:<6} {service.url}")
+        metrics_url = monitor.serve_metrics(ctx)
+        if metrics_url is not None:
+            click.echo(f"serving metrics {metrics_url}")
+        log.info(
+            "started",
+            extra={"fields": {"services": [s.name for s in services], "jobs": [j.name for j in jobs]}},
+        )
         threads = [
             threading.Thread(target=_run_job, args=(ctx, job, stop), name=job.name, daemon=True)
             for job in jobs

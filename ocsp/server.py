@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from config import Settings
+from config.logs import GRANIAN_LOG_CONFIG
 from ocsp.settings import TLSSettings
 
 FACTORY = "ocsp.wsgi:app_from_env"
@@ -59,6 +60,8 @@ def granian_argv(
         "5",
         "--log-level",
         "warning",
+        "--log-config",
+        str(GRANIAN_LOG_CONFIG),  # JSON lines (config/logs.py); no access log (paths carry the CertID)
     ]
 
 
@@ -88,6 +91,11 @@ def gunicorn_argv(
         "warning",
         "--keep-alive",
         "30",
+        # JSON lines (config/logs.py); no access log: the path of a GET carries the CertID
+        "--logger-class",
+        "config.gunicorn_logging.JSONLogger",
+        "--name",
+        "kakuin-ocsp",
     ]
     if tls is not None and uds is None:
         # CERT_OPTIONAL (1): a verifier may also authenticate by signing its request instead.

@@ -39,6 +39,7 @@ from ca.timeutil import utcnow
 from ca.verifiers import VerifierRegistry
 from config import Settings, load_settings
 from config.front import front_peer
+from config.logs import level_from_env, setup_logging
 from hsm import Token
 from ocsp import der
 from ocsp.issuers import IssuerIndex
@@ -524,4 +525,7 @@ def app_from_env() -> OCSPApp:
     (``'ocsp.wsgi:app_from_env()'``): settings from ``KAKUIN_CONFIG`` / ``KAKUIN_HOME`` / ``KAKUIN_*``.
     The umask is 077 as `kakuin` sets it (docs/operations.md), however the server was started."""
     os.umask(0o077)
-    return create_app(load_settings())
+    setup_logging("ocsp", level_from_env("info"))
+    app = create_app(load_settings())
+    log.info("worker started")
+    return app

@@ -38,6 +38,7 @@ from ca.strict_json import parse_json
 from ca.verifiers import VerifierRecord
 from config import Settings, load_settings
 from config.front import front_peer
+from config.logs import log_handler
 from registration.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from registration.metrics import Metrics
 from registration.openapi import openapi_document
@@ -119,28 +120,10 @@ def json_response(data: Any, status: int = 200, location: str | None = None) -> 
     return response
 
 
-class JSONFormatter(logging.Formatter):
-    """One JSON object per line; callers put only non-personal fields in ``extra={"fields": …}``."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-            "pid": os.getpid(),
-        }
-        entry.update(getattr(record, "fields", {}))
-        if record.exc_info and record.exc_info[0] is not None:
-            entry["error"] = record.exc_info[0].__name__  # the type only: messages may carry input
-        return json.dumps(entry, ensure_ascii=False)
-
-
 def configure_logging() -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(JSONFormatter())
-    handler.formatter.converter = time.gmtime  # type: ignore[union-attr]
-    log.handlers[:] = [handler]
+    """The RA's lines in Kakuin's JSON-lines format (config/logs.py), service ``ra``: under
+    gunicorn the same handler as the server's own lines (its logger class, config/gunicorn_logging)."""
+    log.handlers[:] = [log_handler("ra")]
     log.setLevel(logging.INFO)
     log.propagate = False
 
@@ -338,8 +321,8 @@ def create_app(ctx: CAContext | None = None, config: str | None = None) -> Flask
                     "method": request.method,
                     "route": route,
                     "status": response.status_code,
-                    "ms": round(elapsed * 1000, 2),
-                    "account": caller.name if caller is not None else None,
+                    "duration_ms": round(elapsed * 1000, 2),
+                    "actor": f"ra:{caller.name}" if caller is not None else None,
                 }
             },
         )

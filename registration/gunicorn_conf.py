@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# gunicorn's own lines in Kakuin's JSON-lines format (config/logs.py); no access log: the app
+# writes its own line per request, with the route template and the account.
+logger_class = "config.gunicorn_logging.JSONLogger"
 
 
 def on_starting(server: Any) -> None:

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 from prometheus_client.mmap_dict import MmapedDict
 
+from config.logs import CORE_KEYS
 from registration.server import metrics_directory
 from tests.conftest import jpki_sign_applicant
 from tests.registration.conftest import RA, Client, People, problem, resident_id, server_env, submission
@@ -90,7 +91,8 @@ def test_health_metrics_and_logs(ra: RA, people: People, rsa_key) -> None:
     assert any(
         e["route"] == "/v1/applications" and e["method"] == "POST" and e["status"] == 201 for e in lines
     )
-    assert all({"ts", "level", "msg", "request_id"} <= set(e) for e in lines if e["msg"] == "request")
+    requests = [e for e in lines if e["event"] == "request"]
+    assert requests and all(list(e)[:6] == list(CORE_KEYS) and e["service"] == "ra" for e in requests)
     assert rid not in log and name not in log and "山田" not in log
     # and the audit log has no personal data in plain text either
     audit = json.dumps([e.detail for e in ra.ctx.store.audit_events(1000)], ensure_ascii=False)

@@ -64,10 +64,12 @@ def init_home(base: Path, database_url: str | None = None, **extra: str) -> Home
     return home
 
 
-def restored_home(source: Home, path: Path, database_url: str | None = None, **extra: str) -> Home:
+def restored_home(
+    source: Home, path: Path, database_url: str | None = None, pin: str | None = None, **extra: str
+) -> Home:
     env = home_env(path, source.env["KAKUIN_TOKEN_LABEL"], database_url, **extra)
     # The restored token keeps its PINs; the operator brings them (never in the backup).
-    env["KAKUIN_TOKEN_PIN"] = (source.path / "token.pin").read_text().strip()
+    env["KAKUIN_TOKEN_PIN"] = pin or (source.path / "token.pin").read_text().strip()
     return Home(path, env)
 
 

@@ -18,7 +18,9 @@ DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 def tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        pytest.skip(f"{name} is not installed (Debian package {'prometheus' if name == 'promtool' else 'systemd'})")
+        pytest.skip(
+            f"{name} is not installed (Debian package {'prometheus' if name == 'promtool' else 'systemd'})"
+        )
     return path
 
 
@@ -54,7 +56,9 @@ def test_a_wrong_expectation_fails_the_rule_tests(tmp_path: Path) -> None:
 
 
 def test_scrape_configuration_passes_promtool() -> None:
-    result = run(tool("promtool"), "check", "config", "--syntax-only", str(DEPLOY / "prometheus" / "prometheus.yml"))
+    result = run(
+        tool("promtool"), "check", "config", "--syntax-only", str(DEPLOY / "prometheus" / "prometheus.yml")
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -78,7 +78,9 @@ def token_serial(module_path: str, label: str) -> str:
     try:
         token = pkcs11.lib(module_path).get_token(token_label=label)
     except (RuntimeError, OSError) as exc:
-        raise TokenError(f"cannot load PKCS#11 module {module_path}: {str(exc) or type(exc).__name__}") from None
+        raise TokenError(
+            f"cannot load PKCS#11 module {module_path}: {str(exc) or type(exc).__name__}"
+        ) from None
     except p11e.NoSuchToken:
         raise TokenError(f"no PKCS#11 token labelled {label!r} in {module_path}") from None
     except p11e.MultipleTokensReturned:

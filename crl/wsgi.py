@@ -194,7 +194,11 @@ class CRLResponder:
         ]
         if problem.status == 405:
             headers.append(("Allow", "GET, HEAD"))
-        start_response(f"{problem.status} {_REASONS[problem.status]}", headers, exc_info)
+        status = f"{problem.status} {_REASONS[problem.status]}"
+        if exc_info is None:
+            start_response(status, headers)
+        else:  # PEP 3333: only an error raised after headers were started passes exc_info
+            start_response(status, headers, exc_info)
         return [] if method == "HEAD" else [data]
 
     # -- authorities -------------------------------------------------------------------------

@@ -5,7 +5,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
-DEBIAN_PACKAGES := softhsm2 openssl postgresql wrk opensc chromium fonts-noto-cjk prometheus systemd
+DEBIAN_PACKAGES := softhsm2 openssl haproxy postgresql wrk opensc chromium fonts-noto-cjk prometheus systemd
 export KAKUIN_HOME ?= $(CURDIR)/var
 
 .PHONY: help run test test-latest lock lint typecheck unit bench fuzz screenshots debian-packages venv clean
@@ -80,7 +80,7 @@ lock: $(BIN)/.installed
 	@git diff --stat -- requirements/ || true
 
 # One command per benchmark; each prints its table with its peer measured in the same run.
-BENCHES ?= issuance crl ocsp ra audit
+BENCHES ?= issuance crl ocsp ra audit slow_clients
 bench: venv
 	@for b in $(BENCHES); do echo "== python -m bench.$$b"; $(BIN)/python -m bench.$$b || exit 1; done
 

@@ -53,7 +53,10 @@ log = logging.getLogger("kakuin.scheduler")
 
 
 def listeners(settings: Settings) -> list[Listener]:
-    """Every port ``kakuin up`` will listen on."""
+    """Every port ``kakuin up`` will listen on (HAProxy's, with the front). A ``[front]`` setting
+    that is wrong, or HAProxy missing, is one line here, before anything is printed or started."""
+    if load_front_settings(settings).enabled:
+        front_program(settings)
     return [listener for find in LISTENERS for listener in find(settings)]
 
 

@@ -10,7 +10,10 @@ applications per second as 2 x 2 or 2 x 4 with a much lower p99 (docs/performanc
 ``--workers``; ``--threads`` is there for a database far enough away that its round trips
 dominate. The token is serialized per process by ``hsm.Token``'s lock and re-opened after fork.
 ``cert_reqs = CERT_REQUIRED`` with the operator CA as ``ca_certs``: a connection without a
-certificate from that CA never reaches the app.
+certificate from that CA never reaches the app. Under ``kakuin up`` HAProxy does that TLS instead
+and gunicorn serves behind it on a private Unix socket (``front_socket``): a gthread worker thread
+belongs to one connection while it reads a request or does a handshake, so slow clients could
+otherwise hold every thread (config/front.py).
 
 /metrics sums every worker (prometheus_client's multiprocess mode): the workers share
 ``$KAKUIN_HOME/ra/metrics/<port>/``, emptied by the master when it starts (``gunicorn_conf``).

@@ -190,3 +190,15 @@ def test_sockets_move_out_of_a_home_too_deep_for_their_names(tmp_path: Path) -> 
     finally:
         directory.rmdir()
     assert socket_directory(tmp_path / "home") == tmp_path / "home" / "run"
+
+
+def test_kakuin_up_names_a_missing_haproxy_before_anything(tmp_path: Path) -> None:
+    """`kakuin up` checks its ports with ``services.listeners`` before it prints, initializes or
+    starts anything: a missing HAProxy is the one line of a setting there."""
+    from kakuin.services import listeners
+
+    settings = settings_with(tmp_path, '[front]\nhaproxy = "/nonexistent/haproxy"\n')
+    with pytest.raises(ConfigError) as caught:
+        listeners(settings)
+    assert caught.value.key == "front.haproxy" and "apt-get install haproxy" in str(caught.value)
+    listeners(settings_with(tmp_path, '[front]\nenabled = false\nhaproxy = "/nonexistent/haproxy"\n'))

@@ -95,7 +95,8 @@ class Home:
             f"[services.ra]\nport = {self.ports.ra}\nworkers = {self.workers}\n\n"
             f"[services.ocsp]\nport = {self.ports.ocsp}\nworkers = {self.workers}\n\n"
             f"[services.crl]\nport = {self.ports.crl}\nworkers = {self.workers}\n\n"
-            f"[crl]\ntls_port = {self.ports.crl_tls}\n\n[front]\n{front}",
+            f"[crl]\ntls_port = {self.ports.crl_tls}\n\n[front]\n{front}\n"
+            "[metrics]\nport = 0\n",  # kakuin up's own metrics listener: not measured, off
             encoding="utf-8",
         )
 

@@ -162,6 +162,17 @@ class TestWithTheFront:
             for sock in sockets:
                 sock.close()
 
+    def test_health_and_metrics_answer_through_the_front(self, up: World) -> None:
+        client = NormalClient(up, timeout=5)
+        for service in SERVICES:
+            connection = client._connection(service)
+            for path in ("/healthz", "/metrics"):
+                connection.request("GET", path)
+                response = connection.getresponse()
+                body = response.read()
+                assert response.status == 200 and body, (service, path, response.status)
+        client.close()
+
     def test_a_client_cannot_pass_a_certificate_in_the_header(self, up: World) -> None:
         """The front deletes the header it uses to pass the verified certificate (and its spelling
         with '_', which WSGI maps to the same key) before setting its own."""

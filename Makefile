@@ -84,7 +84,7 @@ BENCHES ?= issuance crl ocsp ra audit slow_clients
 bench: venv
 	@for b in $(BENCHES); do echo "== python -m bench.$$b"; $(BIN)/python -m bench.$$b || exit 1; done
 
-# Fuzzing as long as asked (make test fuzzes each target for 2 s): the grown corpus is kept in
+# Fuzzing as long as asked (make test fuzzes each target for 1 s): the grown corpus is kept in
 # tests/fuzz/work, crashing inputs go to tests/fuzz/crashes (both gitignored; tests/fuzz/README.md).
 FUZZ_SECONDS ?= 300
 FUZZ_TARGET ?= all

@@ -2,8 +2,8 @@
 
 Every file of every corpus (``tests/fuzz/corpus/TARGET``: the seeds of make_seeds.py and every
 input that once crashed) replays through its target, then atheris fuzzes each target briefly in a
-child process (``python -m tests.fuzz.run TARGET --seconds N``), two at a time: about 25 s for all
-of them on a 2-core machine (``KAKUIN_FUZZ_SECONDS``, default 2 per target; 0 skips it). A crash
+child process (``python -m tests.fuzz.run TARGET --seconds N``), two at a time: about 20 s for all
+of them on a 2-core machine (``KAKUIN_FUZZ_SECONDS``, default 1 per target; 0 skips it). A crash
 fails the test with the exception and the saved input (``tests/fuzz/crashes/``, gitignored):
 tests/fuzz/README.md says how it becomes a corpus entry and a regression test.
 """
@@ -19,7 +19,7 @@ import pytest
 from tests.fuzz.run import CORPUS, CRASHES, run_one
 from tests.fuzz.targets import TARGETS
 
-SECONDS = int(os.environ.get("KAKUIN_FUZZ_SECONDS", "2"))
+SECONDS = int(os.environ.get("KAKUIN_FUZZ_SECONDS", "1"))
 CASES = [(name, path) for name in sorted(TARGETS) for path in sorted((CORPUS / name).glob("*"))]
 
 

@@ -375,8 +375,11 @@ def serial_pool(cli: Cli, tmp_path_factory: pytest.TempPathFactory) -> list[str]
     """Client certificates for the revocation tests, issued by one `kakuin issue --batch`."""
     directory = tmp_path_factory.mktemp("pool")
     csr = make_csr(ec.generate_private_key(ec.SECP256R1())).decode()
-    line = json.dumps({"profile": "client", "csr": csr, "applicant": APPLICANTS["client"]})
-    batch = write(directory / "pool.jsonl", (line + "\n") * 5)
+    lines = [
+        json.dumps({"id": f"pool-{n}", "profile": "client", "csr": csr, "applicant": APPLICANTS["client"]})
+        for n in range(5)
+    ]
+    batch = write(directory / "pool.jsonl", "\n".join(lines) + "\n")
     cli.ok("issue", "--batch", str(batch), "--out", str(directory / "pool.pem"))
     return [format(c.serial_number, "x") for c in pem_certificates((directory / "pool.pem").read_text())]
 

@@ -50,8 +50,9 @@ class Home:
 
 
 def make_home(base: Path) -> Home:
-    """A home that does not exist yet, with only its settings file (ports of its own, one worker
-    per service, no CRL TLS listener) in a directory made for it."""
+    """A home that does not exist yet, with only its settings file (ports of its own, the
+    scheduler's metrics listener included, one worker per service, no CRL TLS listener) in a
+    directory made for it."""
     home = Home(base / "home", free_port(), free_port(), free_port())
     home.path.mkdir(mode=0o755)
     os.chmod(home.path, 0o755)
@@ -59,7 +60,8 @@ def make_home(base: Path) -> Home:
         f"[services.ra]\nport = {home.ra}\nworkers = 1\n\n"
         f"[services.ocsp]\nport = {home.ocsp}\nworkers = 1\n\n"
         f"[services.crl]\nport = {home.crl}\nworkers = 1\n\n"
-        "[crl]\ntls_port = 0\n",
+        "[crl]\ntls_port = 0\n\n"
+        f"[metrics]\nport = {free_port()}\n",
         encoding="utf-8",
     )
     os.chmod(home.path / "kakuin.toml", 0o644)

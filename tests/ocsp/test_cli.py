@@ -119,9 +119,13 @@ def test_kakuin_up_runs_the_responder_and_its_jobs(ocsp_ca: OCSPCA) -> None:
         if s is not None and s.name.startswith("ocsp")
     ]
     assert [s.name for s in started] == ["ocsp"]  # no [ocsp.tls]: no mTLS listener
-    argv = started[0].argv
-    assert "granian" in argv and argv[argv.index("--host") + 1] == "127.0.0.1"
-    assert argv[argv.index("--port") + 1] == str(ctx.settings.services["ocsp"].port)
+    argv, route = started[0].argv, started[0].route
+    # Behind the front (kakuin up's default): granian on a private Unix socket of this home, and
+    # the front's public listener on services.ocsp.
+    assert "granian" in argv and "--host" not in argv and "--port" not in argv
+    assert route is not None
+    assert argv[argv.index("--uds") + 1] == str(route.socket)
+    assert (route.host, route.port) == ("127.0.0.1", ctx.settings.services["ocsp"].port)
     assert any(a.startswith("KAKUIN_HOME=") for a in argv)
     jobs = {job.name: job for job in services.JOBS}
     assert {"ocsp-presign", "ocsp-purge-log"} <= set(jobs)

@@ -41,6 +41,7 @@ class Home:
     ra: int
     ocsp: int
     crl: int
+    metrics: int  # kakuin up's own metrics listener
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("KAKUIN_") and k != "SOFTHSM2_CONF"}
@@ -53,7 +54,7 @@ def make_home(base: Path) -> Home:
     """A home that does not exist yet, with only its settings file (ports of its own, the
     scheduler's metrics listener included, one worker per service, no CRL TLS listener) in a
     directory made for it."""
-    home = Home(base / "home", free_port(), free_port(), free_port())
+    home = Home(base / "home", free_port(), free_port(), free_port(), free_port())
     home.path.mkdir(mode=0o755)
     os.chmod(home.path, 0o755)
     (home.path / "kakuin.toml").write_text(
@@ -61,7 +62,7 @@ def make_home(base: Path) -> Home:
         f"[services.ocsp]\nport = {home.ocsp}\nworkers = 1\n\n"
         f"[services.crl]\nport = {home.crl}\nworkers = 1\n\n"
         "[crl]\ntls_port = 0\n\n"
-        f"[metrics]\nport = {free_port()}\n",
+        f"[metrics]\nport = {home.metrics}\n",
         encoding="utf-8",
     )
     os.chmod(home.path / "kakuin.toml", 0o644)

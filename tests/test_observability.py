@@ -27,7 +27,6 @@ from tests.conftest import wait_for
 from tests.test_instance import (
     Home,
     accepts,
-    free_port,
     make_home,
     ocsp_healthy,
     run,
@@ -70,9 +69,7 @@ def openssl(*args: str) -> None:
 def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     base = tmp_path_factory.mktemp("observed")
     home = make_home(base)
-    metrics = free_port()
-    with (home.path / "kakuin.toml").open("a", encoding="utf-8") as toml:
-        toml.write(f"\n[metrics]\nport = {metrics}\n")
+    metrics = home.metrics
     cli_log = base / "cli.log"
     outcome = run(home, "init", timeout=300)
     assert outcome.returncode == 0, outcome.stderr

@@ -5,7 +5,6 @@ their parsed numbers. A refused restore is one line and writes nothing."""
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
 import os
 import re
@@ -13,7 +12,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,6 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.conftest import APPLICANTS, make_csr
+from tests.mirror import Mirror
 
 KAKUIN = Path(sys.executable).parent / "kakuin"
 
@@ -249,31 +248,15 @@ def test_restore_checks_the_published_urls(backed: Backed, tmp_path: Path) -> No
     """With --crl-url-check the live CRL at the URL (here newer than anything in the backup)
     counts; with margin 0 the next number is exactly one above it."""
     newest = max((backed.home.path / "crl/operator/0").glob("*-full.crl")).read_bytes()
-    served = {"/crl/operator/0.crl": newest}
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = served.get(self.path)
-            self.send_response(200 if body else 404)
-            self.send_header("Content-Length", str(len(body or b"")))
-            self.end_headers()
-            self.wfile.write(body or b"")
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    mirror = Mirror({"/crl/operator/0.crl": newest})
     try:
         target = restored_home(
-            backed.home, tmp_path / "restored", KAKUIN_CRL_URL=f"http://127.0.0.1:{server.server_port}/crl"
+            backed.home, tmp_path / "restored", KAKUIN_CRL_URL=f"http://127.0.0.1:{mirror.port}/crl"
         )
         result = target.ok("restore", str(backed.backup), "--crl-url-check", "--crl-margin", "0")
     finally:
-        server.shutdown()
-        server.server_close()
-    url = f"http://127.0.0.1:{server.server_port}/crl/operator/0.crl"
+        mirror.close()
+    url = f"http://127.0.0.1:{mirror.port}/crl/operator/0.crl"
     assert (
         f"operator 0: highest {backed.after['operator/0']} ({url}) -> next {backed.after['operator/0'] + 1}"
         in (result.stdout)

@@ -22,7 +22,6 @@ RA issues no operator-CA profiles, and JPKI's revocation data is for registered 
 from __future__ import annotations
 
 import contextlib
-import http.server
 import os
 import re
 import shutil
@@ -43,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from tests.conftest import make_csr, openssl
+from tests.mirror import Mirror
 from tests.registration.conftest import Client, approve, free_port, submission, wait_ready
 from tests.test_backup import KAKUIN, Home, init_home, restored_home
 
@@ -210,30 +210,6 @@ class Office(threading.Thread):
             self.failure = exc
 
 
-class Mirror:
-    """Where the CRLs stay published after the data directory is gone (a web server, a CDN)."""
-
-    def __init__(self, port: int, files: dict[str, bytes]) -> None:
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = files.get(self.path)
-                self.send_response(200 if body else 404)
-                self.send_header("Content-Length", str(len(body or b"")))
-                self.end_headers()
-                self.wfile.write(body or b"")
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        http.server.ThreadingHTTPServer.allow_reuse_address = True
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def published_crls(crl_port: int) -> dict[str, bytes]:
     """The authority's CRLs as its responder serves them (full and delta of every partition, the
     complete CRL), by path."""
@@ -341,7 +317,7 @@ def test_restore_drill(
         processes.remove(served)
         pin = (original.path / "token.pin").read_text().strip()  # the operator keeps it apart
         shutil.rmtree(original.path)
-        mirror = Mirror(crl_port, published)
+        mirror = Mirror(published, crl_port)
         try:
             restored = restored_home(
                 original, tmp_path / "b", new_database() if new_database else None, pin, **ports

@@ -32,6 +32,7 @@ from tests.fuzz.targets import (
     OTHER_CA_KEY,
     OUR_CA_KEY,
     RESPONDER_KEY,
+    ca_certificate,
     ca_name,
     fixed_key,
     world,
@@ -69,22 +70,8 @@ def _certificate(
 
 
 def _ca_certificate(common_name: str, key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
-    """The same name, key and fields as ``targets.ca_certificate``, signed deterministically."""
-    name = ca_name(common_name)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(NOW - timedelta(days=3650))
-        .not_valid_after(NOW + timedelta(days=3650))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        )
-        .sign(key, hashes.SHA256(), ecdsa_deterministic=True)
-    )
+    """The targets' CA certificate, signed deterministically so the seed files do not change."""
+    return ca_certificate(common_name, key, deterministic=True)
 
 
 def _prime(rng: random.Random, bits: int) -> int:

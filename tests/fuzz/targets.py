@@ -88,9 +88,12 @@ def ca_name(common_name: str) -> x509.Name:
     )
 
 
-def ca_certificate(common_name: str, key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
-    """A self-signed CA certificate; its signature differs per run (ECDSA), its name and key do
-    not, and those are what the importers compare and verify with."""
+def ca_certificate(
+    common_name: str, key: ec.EllipticCurvePrivateKey, deterministic: bool = False
+) -> x509.Certificate:
+    """A self-signed CA certificate; its signature differs per run (ECDSA) unless
+    ``deterministic`` (RFC 6979, for the seed files, which must come out the same every time); its
+    name and key never do, and those are what the importers compare and verify with."""
     name = ca_name(common_name)
     return (
         x509.CertificateBuilder()
@@ -104,7 +107,7 @@ def ca_certificate(common_name: str, key: ec.EllipticCurvePrivateKey) -> x509.Ce
         .add_extension(
             x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
         )
-        .sign(key, hashes.SHA256())
+        .sign(key, hashes.SHA256(), ecdsa_deterministic=deterministic)
     )
 
 

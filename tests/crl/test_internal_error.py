@@ -27,34 +27,17 @@ from crl.config import load_crl_settings
 from crl.publisher import Publisher
 from tests.conftest import _free_port, wait_for
 from tests.crl.conftest import unique_partition
+from tests.faults import FAULTS_ENV, SECRET, fault_hook
 
 ROOT = Path(__file__).resolve().parents[2]
-SECRET = "01234567890"  # stands for personal data in an exception's message
-
-HOOK = f"""
-import os
-from pathlib import Path
-
-_FAULTS = Path(os.environ["KAKUIN_TEST_FAULTS"])
-
-
-def _inject(owner, name):
-    original = getattr(owner, name)
-
-    def injected(*args, **kwargs):
-        if (_FAULTS / name).exists():
-            raise AttributeError("injected fault about resident {SECRET}")
-        return original(*args, **kwargs)
-
-    setattr(owner, name, injected)
-
-
-import crl.storer, crl.wsgi
-
-_inject(crl.storer.CRLStore, "latest")
-_inject(crl.wsgi, "_not_modified")
-_inject(crl.wsgi.CRLResponder, "_authority")
-"""
+HOOK = fault_hook(
+    ["crl.storer", "crl.wsgi"],
+    [
+        ("crl.storer.CRLStore", "latest"),
+        ("crl.wsgi", "_not_modified"),
+        ("crl.wsgi.CRLResponder", "_authority"),
+    ],
+)
 
 
 @dataclass
@@ -91,7 +74,7 @@ def server(ca_ctx: CAContext, tmp_path_factory: pytest.TempPathFactory) -> Itera
         "KAKUIN_HOME": str(ca_ctx.settings.home),
         "KAKUIN_DATABASE_URL": ca_ctx.settings.database_url,
         "KAKUIN_CRL_PORT": str(port),
-        "KAKUIN_TEST_FAULTS": str(faults),
+        FAULTS_ENV: str(faults),
         # The hook imports the responder's modules before ``python -m`` puts the working
         # directory on the path: this checkout's, then.
         "PYTHONPATH": os.pathsep.join(filter(None, [str(hook), str(ROOT), os.environ.get("PYTHONPATH")])),

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from ocsp.server import granian_argv, gunicorn_argv
+from tests.faults import FAULTS_ENV, SECRET, fault_hook
 from tests.malformed import oid, seq, tlv
 from tests.ocsp.conftest import (
     OCSPCA,
@@ -41,35 +42,17 @@ from tests.ocsp.test_foreign_input import Parts
 
 INTERNAL_ERROR = bytes.fromhex("30030a0102")  # OCSPResponse { responseStatus internalError }
 ROOT = Path(__file__).resolve().parents[2]
-SECRET = "01234567890"  # stands for personal data in an exception's message
-
-HOOK = f"""
-import os
-from pathlib import Path
-
-_FAULTS = Path(os.environ["KAKUIN_TEST_FAULTS"])
-
-
-def _inject(owner, name):
-    original = getattr(owner, name)
-
-    def injected(*args, **kwargs):
-        if (_FAULTS / name).exists():
-            raise AttributeError("injected fault about resident {SECRET}")
-        return original(*args, **kwargs)
-
-    setattr(owner, name, injected)
-
-
-import ca.verifiers, ocsp.metrics, ocsp.sources, ocsp.wsgi
-
-_inject(ocsp.wsgi, "parse_request")
-_inject(ocsp.wsgi, "_decode_base64")
-_inject(ocsp.sources, "verify_request_signature")
-_inject(ca.verifiers.VerifierRegistry, "by_certificate")
-_inject(ocsp.metrics.Metrics, "observe")
-_inject(ocsp.metrics.Metrics, "render")
-"""
+HOOK = fault_hook(
+    ["ca.verifiers", "ocsp.metrics", "ocsp.sources", "ocsp.wsgi"],
+    [
+        ("ocsp.wsgi", "parse_request"),
+        ("ocsp.wsgi", "_decode_base64"),
+        ("ocsp.sources", "verify_request_signature"),
+        ("ca.verifiers.VerifierRegistry", "by_certificate"),
+        ("ocsp.metrics.Metrics", "observe"),
+        ("ocsp.metrics.Metrics", "render"),
+    ],
+)
 
 
 class Faulty:
@@ -100,7 +83,7 @@ def faulty(request: pytest.FixtureRequest, ocsp_ca: OCSPCA, _cache: _Cache) -> I
     # The hook imports the responder's modules before ``python -m`` puts the working directory on
     # the path: this checkout's, then.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hook), str(ROOT), env.get("PYTHONPATH")]))
-    env["KAKUIN_TEST_FAULTS"] = str(faults)
+    env[FAULTS_ENV] = str(faults)
     log = ocsp_ca.dir / f"faulty-{server}-{port}.log"
     process = start_server(argv, env, healthy_check(port), log)
     try:

@@ -12,6 +12,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -27,6 +28,10 @@ from cryptography.x509.oid import NameOID
 from ca.service import CAContext
 from config import load_settings
 from hsm.softhsm import init_token, token_exists
+
+# The venv this suite runs in (.venv for make test, .venv-latest for make test-latest).
+VENV_BIN = Path(sys.executable).parent
+KAKUIN_SCRIPT = VENV_BIN / "kakuin"
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -25,7 +25,7 @@ from ca.bulk import BulkIssuer, request_from_line
 from ca.errors import BadRequest
 from ca.models import Certificate
 from ca.service import CAContext
-from tests.conftest import APPLICANTS, ROOT, make_csr, openssl
+from tests.conftest import APPLICANTS, KAKUIN_SCRIPT, make_csr, openssl
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +131,7 @@ def test_cli_batch_with_workers_verifies_with_openssl(
     }
     result = subprocess.run(
         [
-            str(ROOT / ".venv" / "bin" / "kakuin"),
+            str(KAKUIN_SCRIPT),
             "issue",
             "--batch",
             str(batch),
@@ -207,7 +207,7 @@ def cli_env(ctx: CAContext, **extra: str) -> dict[str, str]:
 
 
 def batch_cli(batch: Path, out: Path) -> list[str]:
-    kakuin = str(ROOT / ".venv" / "bin" / "kakuin")
+    kakuin = str(KAKUIN_SCRIPT)
     return [kakuin, "issue", "--batch", str(batch), "--out", str(out), "--workers", "2", "--batch-size", "25"]
 
 
@@ -313,7 +313,7 @@ def test_a_batch_killed_while_signing_and_run_again_issues_every_line_exactly_on
     assert statuses(ca_ctx, keys) == Counter(issued=len(lines) - left["signing"], signing=left["signing"])
     assert len(pem_list(tmp_path / "second.pem")) == len(lines) - left["signing"]
     reconcile = subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "kakuin"), "ca", "reconcile"],
+        [str(KAKUIN_SCRIPT), "ca", "reconcile"],
         env=cli_env(ca_ctx),
         capture_output=True,
         text=True,

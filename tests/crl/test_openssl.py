@@ -12,11 +12,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from ca.issuance import IssuanceRequest, IssuedCertificate
 from ca.service import CAContext
 from crl.publisher import Outcome, Publisher
-from tests.conftest import APPLICANTS, jpki_sign_applicant, make_csr, openssl
+from tests.conftest import APPLICANTS, VENV_BIN, jpki_sign_applicant, make_csr, openssl
 from tests.crl.conftest import ca_pem, municipality
 
 ROOT = Path(__file__).resolve().parents[2]
-LINT_CRL = ROOT / ".venv" / "bin" / "lint_crl"
+LINT_CRL = VENV_BIN / "lint_crl"
 
 
 def issue_jpki(ctx: CAContext, key: rsa.RSAPrivateKey, code: str, count: int) -> list[IssuedCertificate]:

@@ -27,7 +27,7 @@ from ca.issuance import IssuanceRequest, IssuedCertificate
 from ca.names import name_from_pairs
 from ca.service import CAContext
 from ca.timeutil import utcnow
-from tests.conftest import APPLICANTS, ROOT, make_csr, make_ctx, new_token
+from tests.conftest import APPLICANTS, KAKUIN_SCRIPT, ROOT, make_csr, make_ctx, new_token
 
 
 def run_coroutine(coroutine: Coroutine[Any, Any, Any]) -> Any:
@@ -168,7 +168,7 @@ def run_cli(ctx: CAContext, *args: str, input: str | None = None) -> CliResult:
     """Run ``kakuin ARGS`` as an operator would (its own process: a PKCS#11 login belongs to one
     process), against ``ctx``'s CA."""
     result = subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "kakuin"), *args],
+        [str(KAKUIN_SCRIPT), *args],
         env={**{k: v for k, v in os.environ.items() if k != "KAKUIN_CONFIG"}, **ctx_env(ctx)},
         input=input,
         capture_output=True,

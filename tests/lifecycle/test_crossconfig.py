@@ -11,7 +11,7 @@ import pytest
 
 from ca.hierarchy import load_hierarchy
 from config import ConfigError
-from tests.conftest import ROOT
+from tests.conftest import KAKUIN_SCRIPT, ROOT
 
 DEFAULT = (ROOT / "config" / "hierarchy.toml").read_text(encoding="utf-8")
 
@@ -88,7 +88,7 @@ def test_the_cli_stops_with_one_line(tmp_path: Path, softhsm: dict[str, str]) ->
     env = {**os.environ, "KAKUIN_HOME": str(tmp_path), "KAKUIN_HIERARCHY": str(path)}
     env.pop("KAKUIN_CONFIG", None)
     result = subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "kakuin"), "cross-certify", "list"],
+        [str(KAKUIN_SCRIPT), "cross-certify", "list"],
         env=env,
         capture_output=True,
         text=True,

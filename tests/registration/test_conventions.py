@@ -17,13 +17,13 @@ from prometheus_client.mmap_dict import MmapedDict
 
 from config.logs import CORE_KEYS
 from registration.server import metrics_directory
-from tests.conftest import jpki_sign_applicant
+from tests.conftest import KAKUIN_SCRIPT, jpki_sign_applicant
 from tests.registration.conftest import RA, Client, People, problem, resident_id, server_env, submission
 
 
 def kakuin(ra: RA, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [".venv/bin/kakuin", *args],
+        [str(KAKUIN_SCRIPT), *args],
         env={**server_env(ra.ctx), **(env or {})},
         capture_output=True,
         text=True,
@@ -247,7 +247,7 @@ def test_kakuin_serve_ra_runs_the_service(ra: RA, people: People, backend: str) 
     port = free_port()
     log = ra.tmp / "serve.log"
     process = subprocess.Popen(
-        [".venv/bin/kakuin", "serve", "ra", "--port", str(port), "--workers", "1"],
+        [str(KAKUIN_SCRIPT), "serve", "ra", "--port", str(port), "--workers", "1"],
         env=server_env(ra.ctx),
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,

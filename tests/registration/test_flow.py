@@ -10,7 +10,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from tests.conftest import jpki_sign_applicant, openssl
+from tests.conftest import KAKUIN_SCRIPT, jpki_sign_applicant, openssl
 from tests.registration.conftest import RA, People, approve, problem, server_env, submission
 
 
@@ -171,7 +171,7 @@ def test_disabled_account_is_refused_at_once(ra: RA, people: People, rsa_key, tm
     clerk = ra.account("clerk-soon-gone", "clerk", people.a.code)
     assert clerk.get("/v1/applications").status_code == 200  # keep the TLS connection open
     result = subprocess.run(
-        [".venv/bin/kakuin", "account", "disable", clerk.name],
+        [str(KAKUIN_SCRIPT), "account", "disable", clerk.name],
         env=server_env(ra.ctx),
         capture_output=True,
         text=True,

@@ -22,7 +22,7 @@ from sqlalchemy import text
 
 from ca.timeutil import JST, utcnow
 from crl.publisher import Publisher
-from tests.conftest import jpki_auth_applicant, jpki_sign_applicant, make_csr
+from tests.conftest import KAKUIN_SCRIPT, jpki_auth_applicant, jpki_sign_applicant, make_csr
 from tests.registration.conftest import (
     RA,
     Client,
@@ -595,7 +595,7 @@ def _moved(client: Client, base: str) -> Client:
 
 def kakuin(ra: RA, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [".venv/bin/kakuin", *args], env=server_env(ra.ctx), capture_output=True, text=True, timeout=120
+        [str(KAKUIN_SCRIPT), *args], env=server_env(ra.ctx), capture_output=True, text=True, timeout=120
     )
 
 

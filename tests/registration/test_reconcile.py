@@ -32,6 +32,7 @@ from hsm import Token
 from registration.models import Application
 from registration.reconcile import GRACE_ENV, reconcile
 from registration.service import Caller, RegistrationService
+from tests.conftest import KAKUIN_SCRIPT
 from tests.registration.conftest import (
     RA,
     Client,
@@ -121,7 +122,7 @@ def first_approved(people: People, rsa_key, profile: str = "jpki-sign") -> int:
 
 def run_cli(ra: RA, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [".venv/bin/kakuin", "ra", "reconcile", *args],
+        [str(KAKUIN_SCRIPT), "ra", "reconcile", *args],
         env=server_env(ra.ctx),
         capture_output=True,
         text=True,
@@ -288,7 +289,7 @@ def test_reconcile_cli_refuses_a_bad_grace(ra: RA) -> None:
     assert result.returncode != 0 and "--grace" in result.stderr
     env = {**server_env(ra.ctx), "KAKUIN_RA_RECONCILE_GRACE": "soon"}
     bad = subprocess.run(
-        [".venv/bin/kakuin", "ra", "reconcile"], env=env, capture_output=True, text=True, timeout=120
+        [str(KAKUIN_SCRIPT), "ra", "reconcile"], env=env, capture_output=True, text=True, timeout=120
     )
     assert bad.returncode != 0
     assert "registration.reconcile_grace_seconds" in bad.stderr and "soon" in bad.stderr
@@ -390,7 +391,7 @@ def test_kakuin_serve_ra_reconciles_before_serving(ra: RA, people: People, rsa_k
     port = free_port()
     log = ra.tmp / "serve-reconcile.log"
     process = subprocess.Popen(
-        [".venv/bin/kakuin", "serve", "ra", "--port", str(port), "--workers", "1"],
+        [str(KAKUIN_SCRIPT), "serve", "ra", "--port", str(port), "--workers", "1"],
         env={**server_env(ra.ctx), GRACE_ENV: "0"},
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,

@@ -15,7 +15,7 @@ from ca.service import CAContext
 from registration.credentials import ensure_server_credentials
 from registration.residents import load_resident_hasher
 from registration.store import RegistrationStore
-from tests.conftest import make_csr, make_ctx, new_token
+from tests.conftest import KAKUIN_SCRIPT, make_csr, make_ctx, new_token
 from tests.lifecycle.conftest import run_cli
 from tests.registration.conftest import (
     RA,
@@ -121,7 +121,7 @@ def test_a_credential_that_cannot_be_written_is_not_issued(ra: RA, tmp_path: Pat
         ("--out", ("--csr", str(csr), "--out", str(missing / "clerk.pem"))),
     ):
         result = subprocess.run(
-            [".venv/bin/kakuin", "account", "credential", clerk.name, *args],
+            [str(KAKUIN_SCRIPT), "account", "credential", clerk.name, *args],
             env=server_env(ra.ctx),
             capture_output=True,
             text=True,

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ca.issuance import IssuanceRequest
-from tests.conftest import make_csr
+from tests.conftest import KAKUIN_SCRIPT, make_csr
 from tests.registration.conftest import (
     RA,
     Client,
@@ -80,7 +80,7 @@ def test_registry_admin_manages_verifiers_and_platforms_get_successors(
     cert_file.write_text(narrow_pem)
     cli = subprocess.run(
         [
-            ".venv/bin/kakuin",
+            str(KAKUIN_SCRIPT),
             "verifier",
             "add",
             narrow.name,
